@@ -1,0 +1,53 @@
+"""Safe model checkpoints: safetensors by default, ``torch.load(weights_only=True)`` otherwise."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from obliviate.errors import ConfigError
+from obliviate.io import atomic_write_bytes
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Save ``model.state_dict()`` as safetensors, atomically."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return atomic_write_bytes(path, save(state))
+
+
+def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.safetensors`` or (safely) from a torch file."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).is_file():
+                path = path / name
+                break
+    if not path.is_file():
+        raise ConfigError(f"checkpoint '{path}' does not exist; give a .safetensors file or a run's model directory")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refused or corrupt file
+        raise ConfigError(f"checkpoint '{path}' could not be loaded safely ({type(exc).__name__}); convert it to safetensors") from None
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def load_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load weights from ``path`` into ``model``; a mismatch names the offending keys."""
+    state = load_state(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint '{path}' does not fit the configured model: missing {list(missing)[:3]}, "
+            f"unexpected {list(unexpected)[:3]}; check model=... and its options"
+        )
+    return model

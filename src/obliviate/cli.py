@@ -1,0 +1,164 @@
+"""The ``obliviate`` command: Hydra sub-commands over the Python API.
+
+``obliviate <command> key=value ...`` composes ``configs/<command>.yaml`` (packaged with the
+wheel, so it works from any directory); ``--help``, ``--cfg job``, ``--config-name``,
+``-m`` behave as in any Hydra app. User errors print one line and exit with status 2
+(``OBLIVIATE_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from obliviate.errors import ObliviateError
+
+log = logging.getLogger("obliviate")
+
+COMMANDS: dict[str, str] = {
+    "train": "train the original model and the retrained gold-standard model",
+    "unlearn": "unlearn a forget set, evaluate against original and retrained models",
+    "quickstart": "embedded demo: every vision method on digits (no downloads)",
+}
+
+USAGE = "usage: obliviate <command> [key=value ...] [--help] [--cfg job]\n\ncommands:\n" + "\n".join(
+    f"  {name:<11} {text}" for name, text in COMMANDS.items()
+) + "\n\nRun 'obliviate <command> --help' for the command's configuration groups."
+
+
+def _user_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def _prepare(cfg: DictConfig) -> tuple[DictConfig, Path]:
+    """Apply the experiment's method preset, create the run dir, write config.yaml."""
+    from obliviate.pipelines.common import apply_method_preset, write_config
+
+    cfg = apply_method_preset(cfg, cfg.get("presets"), cfg.trainer.handler, _user_overrides())
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, run_dir)
+    return cfg, run_dir
+
+
+def _track(cfg: DictConfig) -> str:
+    return str(cfg.model.get("track", "vision"))
+
+
+def cmd_train(cfg: DictConfig) -> None:
+    """Train original + retrained models and write their metrics."""
+    from obliviate.io import atomic_write_json
+    from obliviate.pipelines import vision
+    from obliviate.pipelines.common import forget_selection
+
+    cfg, run_dir = _prepare(cfg)
+    data = vision.load_data(cfg)
+    split = vision.split_forget(data, forget_selection(cfg), int(cfg.seed))
+    refs = vision.obtain_reference_models(cfg, data, split, run_dir)
+    out = {}
+    for stage in ("original", "retrain"):
+        metrics, per_sample = vision.evaluate(refs[stage], split, data.test, data.num_classes, int(cfg.seed))
+        out[stage] = {**metrics, "train_time_s": refs[f"{stage}_time_s"]}
+        atomic_write_json(run_dir / "eval" / f"{stage}.json", per_sample)
+    atomic_write_json(run_dir / "metrics.json", {"track": "vision", "forget": forget_selection(cfg), **out})
+    from obliviate.pipelines.quickstart import COLUMNS
+    from obliviate.report.table import format_table
+
+    print(format_table([{"method": s, **out[s], "rte_s": out[s]["train_time_s"]} for s in out], COLUMNS))
+
+
+def cmd_unlearn(cfg: DictConfig) -> None:
+    """One unlearning run; prints the original / unlearned / retrain rows."""
+    from obliviate.pipelines import vision
+    from obliviate.pipelines.quickstart import COLUMNS
+    from obliviate.report.table import format_table
+
+    cfg, run_dir = _prepare(cfg)
+    res = vision.run_unlearning(cfg, run_dir)
+    rows = [
+        {"method": "original", **res["original"]},
+        {"method": res["method"], **res["unlearned"]},
+        {"method": "retrain", **res["retrain"], "avg_gap": 0.0, "rte_s": res["retrain"].get("train_time_s")},
+    ]
+    print(format_table(rows, COLUMNS))
+    print(f"\nmetrics: {run_dir / 'metrics.json'}")
+
+
+def cmd_quickstart(cfg: DictConfig) -> None:
+    """The embedded default demo."""
+    from hydra import compose
+
+    from obliviate.pipelines.common import apply_method_preset
+    from obliviate.pipelines.quickstart import SELECTION_KEYS, run_quickstart
+
+    overrides = _user_overrides()
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from obliviate.pipelines.common import write_config
+
+    write_config(cfg, run_dir)
+
+    def compose_method(method: str, selection: dict) -> DictConfig:
+        kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(("trainer", *SELECTION_KEYS))]
+        sel = [f"{k}={v}" for k, v in selection.items()]
+        sub = compose(config_name="unlearn", overrides=[*kept, f"trainer={method}", *sel])
+        return apply_method_preset(sub, sub.get("presets"), method, overrides)
+
+    run_quickstart(cfg, run_dir, compose_method)
+
+
+HANDLERS: dict[str, Callable[[DictConfig], None]] = {"train": cmd_train, "unlearn": cmd_unlearn, "quickstart": cmd_quickstart}
+
+
+def _run_hydra(command: str, args: list[str]) -> None:
+    import hydra
+
+    handler = HANDLERS[command]
+
+    def task(cfg: DictConfig) -> None:
+        try:
+            if _track(cfg) != "vision" and command in ("train", "unlearn", "quickstart"):
+                from obliviate.errors import ConfigError
+
+                raise ConfigError(f"model track '{_track(cfg)}' is not supported by '{command}' yet")
+            handler(cfg)
+        except ObliviateError as exc:
+            if os.environ.get("OBLIVIATE_DEBUG"):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    task.__name__ = command
+    sys.argv = [f"obliviate {command}", *args]
+    hydra.main(config_path="configs", config_name=command, version_base="1.3")(task)()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in HANDLERS:
+        close = difflib.get_close_matches(command, list(HANDLERS), n=2)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        print(f"error: unknown command '{command}'.{hint}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _run_hydra(command, rest)
+
+
+if __name__ == "__main__":
+    main()

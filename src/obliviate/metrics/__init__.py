@@ -1,0 +1,9 @@
+"""Metrics: vision classification (UA/RA/TA/MIA/Avg. Gap/RTE); LLM metrics live in tofu.py."""
+
+from obliviate.registry import Registry
+
+METRICS: Registry = Registry("metric")
+
+from obliviate.metrics import classification, mia  # noqa: E402,F401  (registration)
+
+__all__ = ["METRICS"]

@@ -1,0 +1,224 @@
+"""Vision unlearning jobs: train original/retrained models, unlearn, evaluate, compare.
+
+The functions here are the Python API behind ``obliviate train|unlearn|quickstart`` for the
+vision track. Each takes plain objects (models, datasets, dicts), so they compose in
+notebooks as well as in the CLI.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import set_seed
+
+from obliviate.checkpoint import load_model, save_model
+from obliviate.data import DATASETS, ForgetRetainDataset, PairCollator, select_forget, stack_collate
+from obliviate.data.vision import TensorImageDataset, VisionData
+from obliviate.engine import SupervisedTrainer, UnlearningTrainer
+from obliviate.errors import ConfigError
+from obliviate.io import atomic_write_json, read_json
+from obliviate.methods import METHODS, build_method
+from obliviate.metrics.classification import GAP_KEYS, accuracy, avg_gap, per_class_accuracy, test_accuracy
+from obliviate.metrics.mia import mia_efficacy
+from obliviate.models import build_vision_model
+from obliviate.models.adapters import ClassifierAdapter
+from obliviate.pipelines.common import forget_selection, timer, training_arguments
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- data + model
+def load_data(cfg: DictConfig) -> VisionData:
+    """Load the configured vision dataset (``cfg.data``)."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    name = data_cfg.pop("name")
+    return DATASETS.get(name)(**data_cfg)
+
+
+@dataclass
+class Split:
+    """Forget/retain split of the training set (positions into ``data.train``)."""
+
+    forget_idx: np.ndarray
+    retain_idx: np.ndarray
+    forget_classes: list[int]
+    forget: TensorImageDataset
+    retain: TensorImageDataset
+
+
+def split_forget(data: VisionData, selection: dict[str, Any], seed: int) -> Split:
+    """Select the forget set from the training split (never from the test split)."""
+    labels = data.train.labels.numpy()
+    forget_idx, retain_idx = select_forget(labels, seed=seed, class_names=data.class_names, **selection)
+    fc = selection.get("forget_class")
+    classes = [] if fc is None else ([int(fc)] if np.isscalar(fc) else [int(c) for c in fc])
+    return Split(forget_idx, retain_idx, classes, data.train.subset(forget_idx), data.train.subset(retain_idx))
+
+
+def build_model(cfg: DictConfig, data: VisionData, seed: int) -> nn.Module:
+    """Build the configured model with a seeded initialisation."""
+    set_seed(seed)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    builder = model_cfg.pop("builder")
+    model_cfg.pop("track", None)
+    return build_vision_model(builder, num_classes=data.num_classes, in_chans=data.in_chans, **model_cfg)
+
+
+# ----------------------------------------------------------------------------- training
+def train_classifier(model: nn.Module, dataset: TensorImageDataset, args_cfg: Any, out_dir: Path, seed: int, num_classes: int) -> float:
+    """Supervised training (original model on train, gold standard on retain). Returns seconds."""
+    args = training_arguments(args_cfg, out_dir / "trainer", seed)
+    trainer = SupervisedTrainer(model, args, ClassifierAdapter(num_classes), train_dataset=dataset, data_collator=stack_collate)
+    with timer() as t:
+        trainer.train()
+    model.eval()
+    return t["s"]
+
+
+def unlearn(
+    model: nn.Module, method_name: str, method_args: dict | None, split: Split, args_cfg: Any, out_dir: Path, seed: int, num_classes: int,
+) -> tuple[nn.Module, float, list[dict]]:
+    """Run one registered method on ``model`` (in place). Returns (model, seconds, log history)."""
+    method = build_method(method_name, method_args)
+    adapter = ClassifierAdapter(num_classes)
+    forget = split.forget.with_augment(False)
+    retain = split.retain
+    with timer() as t:
+        if getattr(method, "one_shot", False):
+            model = method.apply(model, forget, retain, adapter, seed)  # type: ignore[attr-defined]
+            history: list[dict] = []
+        else:
+            pairs = ForgetRetainDataset(forget, retain if method.needs_retain else None, anchor=method.anchor, seed=seed)
+            args = training_arguments(args_cfg, out_dir / "trainer", seed)
+            trainer = UnlearningTrainer(model, args, method=method, adapter=adapter, train_dataset=pairs, data_collator=PairCollator())
+            trainer.train()
+            history = trainer.state.log_history
+    model.eval()
+    return model, t["s"], history
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict(model: nn.Module, dataset: TensorImageDataset, batch_size: int = 512) -> dict[str, np.ndarray]:
+    """One forward pass over ``dataset``: index, label, prediction, true-class confidence, loss."""
+    model.eval()
+    out: dict[str, list] = {"index": [], "label": [], "pred": [], "confidence": [], "loss": []}
+    for batch in DataLoader(dataset.with_augment(False), batch_size=batch_size, collate_fn=stack_collate):
+        logits = model(batch["pixel_values"]).float()  # [b, C]
+        logp = torch.log_softmax(logits, -1)
+        y = batch["labels"]
+        true_logp = logp.gather(1, y[:, None]).squeeze(1)
+        out["index"].append(batch["index"].numpy())
+        out["label"].append(y.numpy())
+        out["pred"].append(logits.argmax(-1).numpy())
+        out["confidence"].append(true_logp.exp().numpy())
+        out["loss"].append((-true_logp).numpy())
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def evaluate(model: nn.Module, split: Split, test: TensorImageDataset, num_classes: int, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """UA, RA, TA (+ forgotten-class TA), MIA-efficacy, per-class test accuracy.
+
+    Returns:
+        ``(metrics, per_sample)``; ``per_sample`` maps forget/retain/test to index, label,
+        prediction and true-class confidence lists (for ``eval/*.json``).
+    """
+    preds = {name: predict(model, ds) for name, ds in (("forget", split.forget), ("retain", split.retain), ("test", test))}
+    ta, ta_forget = test_accuracy(preds["test"]["pred"], preds["test"]["label"], split.forget_classes)
+    metrics: dict[str, Any] = {
+        "UA": 100.0 - accuracy(preds["forget"]["pred"], preds["forget"]["label"]),
+        "RA": accuracy(preds["retain"]["pred"], preds["retain"]["label"]),
+        "TA": ta,
+        "MIA": mia_efficacy(preds["retain"]["confidence"], preds["test"]["confidence"], preds["forget"]["confidence"], seed=seed),
+        "forget_confidence": float(preds["forget"]["confidence"].mean()),
+        "per_class_test_accuracy": per_class_accuracy(preds["test"]["pred"], preds["test"]["label"], num_classes),
+    }
+    if ta_forget is not None:
+        metrics["TA_forget_class"] = ta_forget
+    per_sample = {name: {k: v.tolist() for k, v in p.items() if k != "loss"} for name, p in preds.items()}
+    return metrics, per_sample
+
+
+def with_gap(metrics: dict[str, Any], retrain: dict[str, Any]) -> dict[str, Any]:
+    """Add ``avg_gap`` against the retrained model's metrics."""
+    return {**metrics, "avg_gap": avg_gap(metrics, retrain, GAP_KEYS)}
+
+
+# ----------------------------------------------------------------------------- reference models
+def obtain_reference_models(cfg: DictConfig, data: VisionData, split: Split, run_dir: Path, *, original: nn.Module | None = None,
+                            original_time: float | None = None) -> dict[str, Any]:
+    """Load or train the original (train split) and retrained (retain split) models.
+
+    Checkpoints given as ``original_checkpoint`` / ``retrain_checkpoint`` are loaded;
+    otherwise the models are trained here and saved under ``run_dir/{original,retrain}``.
+    """
+    seed = int(cfg.seed)
+    out: dict[str, Any] = {}
+    for stage in ("original", "retrain"):
+        ckpt = cfg.get(f"{stage}_checkpoint")
+        if stage == "original" and original is not None:
+            out[stage], out[f"{stage}_time_s"] = original, original_time
+            continue
+        model = build_model(cfg, data, seed)
+        if ckpt:
+            load_model(model, ckpt)
+            info = Path(ckpt).parent / "train_info.json" if Path(ckpt).is_file() else Path(ckpt) / "train_info.json"
+            seconds = read_json(info).get("seconds") if info.is_file() else None
+            model.eval()
+        else:
+            ds = data.train if stage == "original" else split.retain
+            ds = ds.with_augment(data.augment_train)
+            log.info("training the %s model on %d samples", stage, len(ds))
+            seconds = train_classifier(model, ds, cfg.train.args, run_dir / stage, seed, data.num_classes)
+            save_model(model, run_dir / stage / "model.safetensors")
+            atomic_write_json(run_dir / stage / "train_info.json", {"seconds": seconds, "samples": len(ds)})
+        out[stage], out[f"{stage}_time_s"] = model, seconds
+    return out
+
+
+def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = None, refs: dict[str, Any] | None = None,
+                   split: Split | None = None, save_checkpoint: bool = True) -> dict[str, Any]:
+    """The whole vision unlearning job; writes metrics.json and eval/*.json into ``run_dir``."""
+    seed = int(cfg.seed)
+    handler = cfg.trainer.handler
+    if "vision" not in METHODS.meta(handler).get("tracks", ()):
+        raise ConfigError(f"method {handler} is not available for the vision track; vision methods: {', '.join(METHODS.names(tracks='vision'))}")
+    data = data or load_data(cfg)
+    split = split or split_forget(data, forget_selection(cfg), seed)
+    refs = refs or obtain_reference_models(cfg, data, split, run_dir)
+    evals = {}
+    for stage in ("original", "retrain"):
+        evals[stage] = evaluate(refs[stage], split, data.test, data.num_classes, seed)
+    model = copy.deepcopy(refs["original"])
+    method_args = OmegaConf.to_container(cfg.trainer.method_args, resolve=True) if cfg.trainer.get("method_args") is not None else {}
+    model, seconds, history = unlearn(model, handler, method_args, split, cfg.trainer.args, run_dir / "unlearned", seed, data.num_classes)
+    evals["unlearned"] = evaluate(model, split, data.test, data.num_classes, seed)
+    if save_checkpoint:
+        save_model(model, run_dir / "unlearned" / "model.safetensors")
+    retrain_m = evals["retrain"][0]
+    result: dict[str, Any] = {
+        "track": "vision",
+        "method": handler,
+        "method_args": method_args,
+        "forget": {**forget_selection(cfg), "n_forget": len(split.forget_idx), "n_retain": len(split.retain_idx), "n_test": len(data.test)},
+        "original": with_gap(evals["original"][0], retrain_m),
+        "retrain": {**retrain_m, "train_time_s": refs.get("retrain_time_s")},
+        "unlearned": with_gap(evals["unlearned"][0], retrain_m),
+    }
+    rt = refs.get("retrain_time_s")
+    result["unlearned"]["rte_s"] = seconds
+    result["unlearned"]["rte_ratio_to_retrain"] = (seconds / rt) if rt else None
+    result["log_history"] = history
+    for stage, (_, per_sample) in evals.items():
+        atomic_write_json(run_dir / "eval" / f"{stage}.json", per_sample)
+    atomic_write_json(run_dir / "metrics.json", result)
+    return result
