@@ -33,6 +33,10 @@ class ClassifierAdapter:
         target = batch["labels"] if labels is None else labels
         return F.cross_entropy(logits, target, reduction="none"), logits
 
+    def per_sample_logprob(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """log p(label | image) per sample ``[b]`` (= −CE)."""
+        return -self.per_sample_nll(model, batch)[0]
+
     def per_sample_kl(self, model: nn.Module, ref_model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """KL(p_model || p_ref) per sample ``[b]`` (the reference runs without gradients)."""
         with torch.no_grad():
@@ -50,3 +54,50 @@ def kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tens
     logp = F.log_softmax(logits.float(), dim=-1)
     logq = F.log_softmax(ref_logits.float(), dim=-1)
     return (logp.exp() * (logp - logq)).sum(-1)
+
+
+class CausalLMAdapter:
+    """Adapter for HF causal LMs; a batch is ``{"input_ids", "attention_mask", "labels"}``.
+
+    ``labels`` holds ``-100`` on prompt and padding tokens; only answer tokens count. A
+    ``-100`` label is never used as a vocabulary index (it is clamped before ``gather``
+    and masked out).
+    """
+
+    track = "llm"
+
+    def logits(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Logits ``[b, s, v]``."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    @staticmethod
+    def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Next-token log-probs of the labels: ``(logp [b, s-1], mask [b, s-1], logits [b, s-1, v])``."""
+        logits = logits[:, :-1, :].float()  # [b, s-1, v]
+        target = labels[:, 1:]  # [b, s-1]
+        mask = target != -100
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return logp * mask, mask, logits
+
+    def token_logprobs(self, model: nn.Module, batch: dict[str, Any], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token answer log-probs ``[b, s-1]`` (0 off the answer), the answer mask, and logits."""
+        logits = self.logits(model, batch)
+        return self.shifted(logits, batch["labels"] if labels is None else labels)
+
+    def per_sample_nll(self, model: nn.Module, batch: dict[str, Any], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean answer-token NLL per sequence ``[b]``, and the logits."""
+        logp, mask, logits = self.token_logprobs(model, batch, labels)
+        return -(logp.sum(-1) / mask.sum(-1).clamp_min(1)), logits
+
+    def per_sample_logprob(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Summed answer log-prob ``log π(y|x)`` per sequence ``[b]``."""
+        return self.token_logprobs(model, batch)[0].sum(-1)
+
+    def per_sample_kl(self, model: nn.Module, ref_model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean over answer tokens of KL(p_model || p_ref) per sequence ``[b]`` (padding/prompt excluded)."""
+        with torch.no_grad():
+            ref_logits = self.logits(ref_model, batch)[:, :-1, :]
+        logits = self.logits(model, batch)[:, :-1, :]
+        mask = batch["labels"][:, 1:] != -100
+        kl = kl_from_logits(logits, ref_logits) * mask  # [b, s-1]
+        return kl.sum(-1) / mask.sum(-1).clamp_min(1)
