@@ -91,7 +91,7 @@ def timm_model(name: str = "resnet18", num_classes: int = 10, in_chans: int = 3,
                              in_chans=in_chans, pretrained_cfg_overlay=cfg_overlay, **extra)
 
 
-def build_vision_model(name: str, *, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
-    """Build a registered vision model; ``None``-valued kwargs are dropped."""
+def build_vision_model(builder: str, /, *, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
+    """Build the registered vision model ``builder``; ``None``-valued kwargs are dropped."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return MODELS.get(name)(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return MODELS.get(builder)(num_classes=num_classes, in_chans=in_chans, **kwargs)
