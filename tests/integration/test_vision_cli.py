@@ -71,3 +71,16 @@ def test_unknown_command_and_help(tmp_path):
     assert "trainer:" in proc.stdout and "GradDiff" in proc.stdout
     proc = run("unlearn", "--cfg", "job", "trainer=RL", cwd=tmp_path)
     assert "handler: RL" in proc.stdout
+
+
+def test_cifar10_experiment_runs_on_a_local_folder(tmp_path):
+    from tests.unit.core.test_vision_data import _make_folder
+
+    _make_folder(tmp_path / "cifar", per_class=6)
+    out = tmp_path / "run"
+    run("unlearn", "experiment=vision/cifar10", f"paths.cifar10={tmp_path / 'cifar'}", f"paths.cache_dir={tmp_path / 'cache'}",
+        "model.width=4", "trainer=GA", "forget_class=1", "train.args.num_train_epochs=2", "trainer.args.num_train_epochs=1",
+        f"paths.output_dir={out}", cwd=tmp_path)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["forget"]["n_forget"] == 6 and m["forget"]["n_retain"] == 12 and m["forget"]["n_test"] == 18
+    assert (out / "unlearned" / "model.safetensors").is_file()
