@@ -110,7 +110,7 @@ def cmd_quickstart(cfg: DictConfig) -> None:
     write_config(cfg, run_dir)
 
     def compose_method(method: str, selection: dict) -> DictConfig:
-        kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(("trainer", *SELECTION_KEYS))]
+        kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(("trainer", "quickstart", *SELECTION_KEYS))]
         sel = [f"{k}={v}" for k, v in selection.items()]
         sub = compose(config_name="unlearn", overrides=[*kept, f"trainer={method}", *sel])
         return apply_method_preset(sub, sub.get("presets"), method, overrides)
