@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "train": "train the original model and the retrained gold-standard model",
     "unlearn": "unlearn a forget set, evaluate against original and retrained models",
     "quickstart": "embedded demo: every vision method on digits (no downloads)",
+    "prune": "prune the original model (OMP/IMP), report accuracy and measured sparsity",
 }
 
 USAGE = "usage: obliviate <command> [key=value ...] [--help] [--cfg job]\n\ncommands:\n" + "\n".join(
@@ -42,18 +43,42 @@ def _user_overrides() -> list[str]:
 
 
 def _prepare(cfg: DictConfig) -> tuple[DictConfig, Path]:
-    """Apply the experiment's method preset, create the run dir, write config.yaml."""
-    from obliviate.pipelines.common import apply_method_preset, write_config
+    """Apply the experiment's method preset and create the run dir (Run writes config.yaml)."""
+    from obliviate.pipelines.common import apply_method_preset
 
     cfg = apply_method_preset(cfg, cfg.get("presets"), cfg.trainer.handler, _user_overrides())
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, run_dir)
     return cfg, run_dir
+
+
+def _run(run_dir: Path, cfg: DictConfig, command: str):
+    """The run's manifest context (status, versions, hashes); see :class:`obliviate.run.Run`."""
+    from obliviate.run import Run
+
+    return Run(run_dir, cfg, command, overwrite=bool(cfg.get("overwrite")), resume=bool(cfg.get("resume")))
 
 
 def _track(cfg: DictConfig) -> str:
     return str(cfg.model.get("track", "vision"))
+
+
+def _llm_job(cfg: DictConfig, command: str) -> None:
+    """``train`` / ``unlearn`` for models with ``track: llm`` (see :mod:`obliviate.pipelines.llm`)."""
+    from obliviate.errors import ConfigError
+    from obliviate.pipelines import llm
+    from obliviate.report.table import format_table
+
+    if cfg.data.get("forget") is None and cfg.data.get("full") is None:
+        raise ConfigError(f"model '{cfg.model.get('builder')}' has track llm but the vision data defaults were composed; "
+                          "add `defaults: [override /track@_global_.track: llm]` to its model config or pass track=llm")
+    cfg, run_dir = _prepare(cfg)
+    with _run(run_dir, cfg, command) as run:
+        res = (llm.run_train if command == "train" else llm.run_unlearning)(cfg, run_dir, run=run)
+        run.status = res["status"]
+    rows = llm.train_rows(res) if command == "train" else llm.unlearn_rows(res)
+    print(format_table(rows, llm.NLL_COLUMNS, digits=4))
+    print(f"\nmetrics: {run_dir / 'metrics.json'}")
 
 
 def cmd_train(cfg: DictConfig) -> None:
@@ -62,16 +87,19 @@ def cmd_train(cfg: DictConfig) -> None:
     from obliviate.pipelines import vision
     from obliviate.pipelines.common import forget_selection
 
+    if _track(cfg) == "llm":
+        return _llm_job(cfg, "train")
     cfg, run_dir = _prepare(cfg)
-    data = vision.load_data(cfg)
-    split = vision.split_forget(data, forget_selection(cfg), int(cfg.seed))
-    refs = vision.obtain_reference_models(cfg, data, split, run_dir)
-    out = {}
-    for stage in ("original", "retrain"):
-        metrics, per_sample = vision.evaluate(refs[stage], split, data.test, data.num_classes, int(cfg.seed))
-        out[stage] = {**metrics, "train_time_s": refs[f"{stage}_time_s"]}
-        atomic_write_json(run_dir / "eval" / f"{stage}.json", per_sample)
-    atomic_write_json(run_dir / "metrics.json", {"track": "vision", "forget": forget_selection(cfg), **out})
+    with _run(run_dir, cfg, "train"):
+        data = vision.load_data(cfg)
+        split = vision.split_forget(data, forget_selection(cfg), int(cfg.seed))
+        refs = vision.obtain_reference_models(cfg, data, split, run_dir)
+        out = {}
+        for stage in ("original", "retrain"):
+            metrics, per_sample = vision.evaluate(refs[stage], split, data.test, data.num_classes, int(cfg.seed))
+            out[stage] = {**metrics, "train_time_s": refs[f"{stage}_time_s"]}
+            atomic_write_json(run_dir / "eval" / f"{stage}.json", per_sample)
+        atomic_write_json(run_dir / "metrics.json", {"track": "vision", "status": "completed", "forget": forget_selection(cfg), **out})
     from obliviate.pipelines.quickstart import COLUMNS
     from obliviate.report.table import format_table
 
@@ -84,8 +112,14 @@ def cmd_unlearn(cfg: DictConfig) -> None:
     from obliviate.pipelines.quickstart import COLUMNS
     from obliviate.report.table import format_table
 
+    if _track(cfg) == "llm":
+        return _llm_job(cfg, "unlearn")
     cfg, run_dir = _prepare(cfg)
-    res = vision.run_unlearning(cfg, run_dir)
+    with _run(run_dir, cfg, "unlearn") as run:
+        res = vision.run_unlearning(cfg, run_dir)
+        run.status = res["status"]
+        if res["status"] == "diverged":
+            log.warning("the run diverged: %s", res["divergence"]["reason"])
     rows = [
         {"method": "original", **res["original"]},
         {"method": res["method"], **res["unlearned"]},
@@ -105,9 +139,6 @@ def cmd_quickstart(cfg: DictConfig) -> None:
     overrides = _user_overrides()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from obliviate.pipelines.common import write_config
-
-    write_config(cfg, run_dir)
 
     def compose_method(method: str, selection: dict) -> DictConfig:
         kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(("trainer", "quickstart", *SELECTION_KEYS))]
@@ -115,10 +146,24 @@ def cmd_quickstart(cfg: DictConfig) -> None:
         sub = compose(config_name="unlearn", overrides=[*kept, f"trainer={method}", *sel])
         return apply_method_preset(sub, sub.get("presets"), method, overrides)
 
-    run_quickstart(cfg, run_dir, compose_method)
+    with _run(run_dir, cfg, "quickstart"):
+        run_quickstart(cfg, run_dir, compose_method)
 
 
-HANDLERS: dict[str, Callable[[DictConfig], None]] = {"train": cmd_train, "unlearn": cmd_unlearn, "quickstart": cmd_quickstart}
+def cmd_prune(cfg: DictConfig) -> None:
+    """Train/load the original model, prune it (OMP/IMP), save model + mask, print accuracy and sparsity."""
+    from obliviate.pipelines.prune import run_prune, sparsity_table
+
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _run(run_dir, cfg, "prune"):
+        res = run_prune(cfg, run_dir)
+    print(sparsity_table(res))
+    print(f"\nmodel: {res['model_file']}\nmask: {res['pruning'].get('mask_file')}\nmetrics: {run_dir / 'metrics.json'}")
+
+
+HANDLERS: dict[str, Callable[[DictConfig], None]] = {"train": cmd_train, "unlearn": cmd_unlearn, "quickstart": cmd_quickstart,
+                                                     "prune": cmd_prune}
 
 
 def _run_hydra(command: str, args: list[str]) -> None:
@@ -128,7 +173,7 @@ def _run_hydra(command: str, args: list[str]) -> None:
 
     def task(cfg: DictConfig) -> None:
         try:
-            if _track(cfg) != "vision" and command in ("train", "unlearn", "quickstart"):
+            if _track(cfg) != "vision" and command in ("quickstart", "prune"):
                 from obliviate.errors import ConfigError
 
                 raise ConfigError(f"model track '{_track(cfg)}' is not supported by '{command}' yet")

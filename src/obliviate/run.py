@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from obliviate.errors import ConfigError
-from obliviate.io import atomic_write_json, read_json
+from obliviate.io import atomic_write_json, atomic_write_text, read_json
 
 PACKAGES = ("obliviate", "torch", "torchvision", "transformers", "accelerate", "peft", "timm", "datasets", "hydra-core", "scikit-learn", "numpy")
 
@@ -118,6 +118,7 @@ class Run:
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._previous_sigterm = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _raise_interrupt)
+        atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         self._write("running")
         return self
 

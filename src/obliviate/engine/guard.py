@@ -86,3 +86,15 @@ class DivergenceGuard:
 
     def report(self) -> dict[str, Any]:
         return {"diverged": self.diverged, "reason": self.reason, "step": self.step, "restored_step": self._snapshot_step if self.diverged else None}
+
+
+def make_guard_config(node: Any) -> GuardConfig:
+    """``GuardConfig`` from a config block (DictConfig/dict/None), rejecting unknown keys."""
+    if node is None:
+        return GuardConfig()
+    from omegaconf import OmegaConf
+
+    from obliviate.methods.base import make_config
+
+    raw = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    return make_config(GuardConfig, raw, "divergence")

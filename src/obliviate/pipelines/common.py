@@ -80,3 +80,12 @@ def forget_selection(cfg: DictConfig) -> dict[str, Any]:
     if "forget_class" in sel and OmegaConf.is_list(sel["forget_class"]):
         sel["forget_class"] = list(sel["forget_class"])
     return sel
+
+
+def latest_checkpoint(trainer_dir: str | Path) -> str | None:
+    """The ``checkpoint-<step>`` folder with the highest step under ``trainer_dir`` (or None)."""
+    trainer_dir = Path(trainer_dir)
+    if not trainer_dir.is_dir():
+        return None
+    steps = [(int(p.name.split("-")[-1]), p) for p in trainer_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return str(max(steps)[1]) if steps else None

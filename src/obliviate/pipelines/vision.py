@@ -24,6 +24,7 @@ from obliviate.checkpoint import load_model, save_model
 from obliviate.data import DATASETS, ForgetRetainDataset, PairCollator, select_forget, stack_collate
 from obliviate.data.vision import TensorImageDataset, VisionData
 from obliviate.engine import SupervisedTrainer, UnlearningTrainer
+from obliviate.engine.guard import DivergenceGuard, make_guard_config
 from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json, read_json
 from obliviate.methods import METHODS, build_method
@@ -31,7 +32,7 @@ from obliviate.metrics.classification import GAP_KEYS, accuracy, avg_gap, per_cl
 from obliviate.metrics.mia import mia_efficacy
 from obliviate.models import build_vision_model
 from obliviate.models.adapters import ClassifierAdapter
-from obliviate.pipelines.common import forget_selection, timer, training_arguments
+from obliviate.pipelines.common import forget_selection, latest_checkpoint, timer, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +75,32 @@ def build_model(cfg: DictConfig, data: VisionData, seed: int) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- training
-def train_classifier(model: nn.Module, dataset: TensorImageDataset, args_cfg: Any, out_dir: Path, seed: int, num_classes: int) -> float:
-    """Supervised training (original model on train, gold standard on retain). Returns seconds."""
+def train_classifier(model: nn.Module, dataset: TensorImageDataset, args_cfg: Any, out_dir: Path, seed: int, num_classes: int,
+                     resume: bool = False) -> float:
+    """Supervised training (original model on train, gold standard on retain). Returns seconds.
+
+    With ``resume`` the latest ``out_dir/trainer/checkpoint-*`` (if any) is continued.
+    """
     args = training_arguments(args_cfg, out_dir / "trainer", seed)
     trainer = SupervisedTrainer(model, args, ClassifierAdapter(num_classes), train_dataset=dataset, data_collator=stack_collate)
     with timer() as t:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir / "trainer") if resume else None)
     model.eval()
     return t["s"]
 
 
 def unlearn(
     model: nn.Module, method_name: str, method_args: dict | None, split: Split, args_cfg: Any, out_dir: Path, seed: int, num_classes: int,
+    *, resume: bool = False, guard: DivergenceGuard | None = None,
 ) -> tuple[nn.Module, float, list[dict]]:
-    """Run one registered method on ``model`` (in place). Returns (model, seconds, log history)."""
+    """Run one registered method on ``model`` (in place). Returns (model, seconds, log history).
+
+    Args:
+        resume: Continue from the latest ``out_dir/trainer/checkpoint-*`` (needs
+            ``save_strategy`` steps/epoch in the trainer args).
+        guard: Divergence guard; on divergence training stops and the last good weights
+            are restored (see ``guard.report()``).
+    """
     method = build_method(method_name, method_args)
     adapter = ClassifierAdapter(num_classes)
     forget = split.forget.with_augment(False)
@@ -99,9 +112,13 @@ def unlearn(
         else:
             pairs = ForgetRetainDataset(forget, retain if method.needs_retain else None, anchor=method.anchor, seed=seed)
             args = training_arguments(args_cfg, out_dir / "trainer", seed)
-            trainer = UnlearningTrainer(model, args, method=method, adapter=adapter, train_dataset=pairs, data_collator=PairCollator())
-            trainer.train()
+            trainer = UnlearningTrainer(model, args, method=method, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(),
+                                        guard=guard)
+            trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir / "trainer") if resume else None)
             history = trainer.state.log_history
+            if guard is not None and guard.diverged:
+                guard.restore(model)
+                log.warning("run diverged (%s); restored the weights of step %s", guard.reason, guard.report()["restored_step"])
     model.eval()
     return model, t["s"], history
 
@@ -169,6 +186,9 @@ def obtain_reference_models(cfg: DictConfig, data: VisionData, split: Split, run
             out[stage], out[f"{stage}_time_s"] = original, original_time
             continue
         model = build_model(cfg, data, seed)
+        saved = run_dir / stage / "model.safetensors"
+        if not ckpt and cfg.get("resume") and saved.is_file():
+            ckpt = saved  # a resumed run reuses the models it already trained
         if ckpt:
             load_model(model, ckpt)
             info = Path(ckpt).parent / "train_info.json" if Path(ckpt).is_file() else Path(ckpt) / "train_info.json"
@@ -178,7 +198,7 @@ def obtain_reference_models(cfg: DictConfig, data: VisionData, split: Split, run
             ds = data.train if stage == "original" else split.retain
             ds = ds.with_augment(data.augment_train)
             log.info("training the %s model on %d samples", stage, len(ds))
-            seconds = train_classifier(model, ds, cfg.train.args, run_dir / stage, seed, data.num_classes)
+            seconds = train_classifier(model, ds, cfg.train.args, run_dir / stage, seed, data.num_classes, resume=bool(cfg.get("resume")))
             save_model(model, run_dir / stage / "model.safetensors")
             atomic_write_json(run_dir / stage / "train_info.json", {"seconds": seconds, "samples": len(ds)})
         out[stage], out[f"{stage}_time_s"] = model, seconds
@@ -199,14 +219,23 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = 
     for stage in ("original", "retrain"):
         evals[stage] = evaluate(refs[stage], split, data.test, data.num_classes, seed)
     model = copy.deepcopy(refs["original"])
+    # Model transforms before the method (pruning=omp|imp|mask, lora.enabled=true): obliviate.pipelines.prune
+    from obliviate.pipelines.prune import finalize_model, prepare_model, transform_report
+
+    model, transforms = prepare_model(cfg, model, data, run_dir, seed, evaluate=lambda m: evaluate(m, split, data.test, data.num_classes, seed)[0])
     method_args = OmegaConf.to_container(cfg.trainer.method_args, resolve=True) if cfg.trainer.get("method_args") is not None else {}
-    model, seconds, history = unlearn(model, handler, method_args, split, cfg.trainer.args, run_dir / "unlearned", seed, data.num_classes)
+    guard = DivergenceGuard(make_guard_config(cfg.get("divergence")))
+    model, seconds, history = unlearn(model, handler, method_args, split, cfg.trainer.args, run_dir / "unlearned", seed, data.num_classes,
+                                      resume=bool(cfg.get("resume")), guard=guard)
+    model = finalize_model(model, transforms, run_dir)  # merge LoRA, re-check the mask, measure sparsity
     evals["unlearned"] = evaluate(model, split, data.test, data.num_classes, seed)
     if save_checkpoint:
         save_model(model, run_dir / "unlearned" / "model.safetensors")
     retrain_m = evals["retrain"][0]
     result: dict[str, Any] = {
         "track": "vision",
+        "status": "diverged" if guard.diverged else "completed",
+        "divergence": guard.report(),
         "method": handler,
         "method_args": method_args,
         "forget": {**forget_selection(cfg), "n_forget": len(split.forget_idx), "n_retain": len(split.retain_idx), "n_test": len(data.test)},
@@ -214,6 +243,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = 
         "retrain": {**retrain_m, "train_time_s": refs.get("retrain_time_s")},
         "unlearned": with_gap(evals["unlearned"][0], retrain_m),
     }
+    result.update(transform_report(transforms, retrain_m))  # sparsity (measured), pruning, pruned, lora
     rt = refs.get("retrain_time_s")
     result["unlearned"]["rte_s"] = seconds
     result["unlearned"]["rte_ratio_to_retrain"] = (seconds / rt) if rt else None
