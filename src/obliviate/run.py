@@ -96,6 +96,15 @@ class Run:
                     "resume=true to continue it, or choose another paths.output_dir / task_name"
                 )
 
+    def _hashed_files(self) -> dict[str, dict[str, str]]:
+        out = {}
+        for key, value in self.data_files.items():
+            path = Path(value)
+            if path.is_dir() and (path / "model.safetensors").is_file():
+                path = path / "model.safetensors"
+            out[key] = {"path": str(path), "sha256": file_sha256(path)} if path.is_file() else {"path": str(path)}
+        return out
+
     def _write(self, status: str) -> None:
         manifest = {
             "command": self.command,
@@ -103,7 +112,7 @@ class Run:
             "seed": self.cfg.get("seed"),
             "config_sha256": config_hash(self.cfg),
             "model_source": _model_source(self.cfg),
-            "data_files": {k: {"path": v, "sha256": file_sha256(v)} if Path(v).is_file() else {"path": v} for k, v in self.data_files.items()},
+            "data_files": self._hashed_files(),
             "versions": package_versions(),
             "git_sha": git_sha(),
             "argv": sys.argv,

@@ -23,11 +23,11 @@ from transformers import set_seed
 from obliviate.checkpoint import load_model, save_model
 from obliviate.data import DATASETS, ForgetRetainDataset, PairCollator, select_forget, stack_collate
 from obliviate.data.vision import TensorImageDataset, VisionData
-from obliviate.engine import SupervisedTrainer, UnlearningTrainer
+from obliviate.engine import SupervisedTrainer, build_trainer
 from obliviate.engine.guard import DivergenceGuard, make_guard_config
 from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json, read_json
-from obliviate.methods import METHODS, build_method
+from obliviate.methods import METHODS
 from obliviate.metrics.classification import GAP_KEYS, accuracy, avg_gap, per_class_accuracy, test_accuracy
 from obliviate.metrics.mia import mia_efficacy
 from obliviate.models import build_vision_model
@@ -101,19 +101,20 @@ def unlearn(
         guard: Divergence guard; on divergence training stops and the last good weights
             are restored (see ``guard.report()``).
     """
-    method = build_method(method_name, method_args)
+    trainer_cls, method = build_trainer(method_name, method_args)
+    spec = method if method is not None else trainer_cls  # declares needs_retain / anchor
     adapter = ClassifierAdapter(num_classes)
     forget = split.forget.with_augment(False)
     retain = split.retain
     with timer() as t:
         if getattr(method, "one_shot", False):
-            model = method.apply(model, forget, retain, adapter, seed)  # type: ignore[attr-defined]
+            model = method.apply(model, forget, retain, adapter, seed)  # type: ignore[union-attr]
             history: list[dict] = []
         else:
-            pairs = ForgetRetainDataset(forget, retain if method.needs_retain else None, anchor=method.anchor, seed=seed)
+            pairs = ForgetRetainDataset(forget, retain if spec.needs_retain else None, anchor=spec.anchor, seed=seed)
             args = training_arguments(args_cfg, out_dir / "trainer", seed)
-            trainer = UnlearningTrainer(model, args, method=method, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(),
-                                        guard=guard)
+            trainer = trainer_cls(model, args, method=method, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(),
+                                  guard=guard, **({"method_args": method_args} if method is None else {}))
             trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir / "trainer") if resume else None)
             history = trainer.state.log_history
             if guard is not None and guard.diverged:
@@ -212,6 +213,8 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = 
     handler = cfg.trainer.handler
     if "vision" not in METHODS.meta(handler).get("tracks", ()):
         raise ConfigError(f"method {handler} is not available for the vision track; vision methods: {', '.join(METHODS.names(tracks='vision'))}")
+    method_args = OmegaConf.to_container(cfg.trainer.method_args, resolve=True) if cfg.trainer.get("method_args") is not None else {}
+    build_trainer(handler, method_args)  # fail fast on bad method_args, before any training
     data = data or load_data(cfg)
     split = split or split_forget(data, forget_selection(cfg), seed)
     refs = refs or obtain_reference_models(cfg, data, split, run_dir)
@@ -223,7 +226,6 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = 
     from obliviate.pipelines.prune import finalize_model, prepare_model, transform_report
 
     model, transforms = prepare_model(cfg, model, data, run_dir, seed, evaluate=lambda m: evaluate(m, split, data.test, data.num_classes, seed)[0])
-    method_args = OmegaConf.to_container(cfg.trainer.method_args, resolve=True) if cfg.trainer.get("method_args") is not None else {}
     guard = DivergenceGuard(make_guard_config(cfg.get("divergence")))
     model, seconds, history = unlearn(model, handler, method_args, split, cfg.trainer.args, run_dir / "unlearned", seed, data.num_classes,
                                       resume=bool(cfg.get("resume")), guard=guard)
@@ -238,6 +240,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = 
         "divergence": guard.report(),
         "method": handler,
         "method_args": method_args,
+        "data_files": {**data.files, **{f"{k}_checkpoint": str(cfg[f"{k}_checkpoint"]) for k in ("original", "retrain") if cfg.get(f"{k}_checkpoint")}},
         "forget": {**forget_selection(cfg), "n_forget": len(split.forget_idx), "n_retain": len(split.retain_idx), "n_test": len(data.test)},
         "original": with_gap(evals["original"][0], retrain_m),
         "retrain": {**retrain_m, "train_time_s": refs.get("retrain_time_s")},

@@ -108,4 +108,6 @@ def load_cifar10(
         rows = _per_class(labels, k, split_seed)
         x = torch.from_numpy(images[rows]).permute(0, 3, 1, 2).contiguous()  # [n, 3, 32, 32] uint8
         parts[split] = TensorImageDataset(x, torch.from_numpy(labels[rows]), mean=MEAN, std=STD)
-    return VisionData(parts["train"], parts["test"], 10, list(CLASSES), in_chans=3, image_size=32, source=str(root), augment_train=augment)
+    files = {f"cifar10_{s}": str(root / f"cifar10_{s}_jpg.tar.gz") for s in ("train", "test") if (root / f"cifar10_{s}_jpg.tar.gz").is_file()}
+    return VisionData(parts["train"], parts["test"], 10, list(CLASSES), in_chans=3, image_size=32, source=str(root), augment_train=augment,
+                      files=files or {"cifar10_dir": str(root)})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -33,4 +35,8 @@ def load_digits(test_fraction: float = 0.2, split_seed: int = 0, **_: object) ->
     train.indices = np.arange(len(tr))  # forget/retain indices refer to positions in train
     test = full.subset(te)
     test.indices = np.arange(len(te))
-    return VisionData(train, test, 10, [str(i) for i in range(10)], in_chans=1, image_size=8, source="sklearn.datasets.load_digits")
+    import sklearn.datasets
+
+    csv = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+    return VisionData(train, test, 10, [str(i) for i in range(10)], in_chans=1, image_size=8, source="sklearn.datasets.load_digits",
+                      files={"digits": str(csv)} if csv.is_file() else {})

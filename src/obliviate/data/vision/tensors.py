@@ -83,3 +83,4 @@ class VisionData:
     image_size: int = 8
     source: str = ""
     augment_train: bool = False
+    files: dict[str, str] = field(default_factory=dict)  # data files, hashed into the run manifest
