@@ -117,6 +117,7 @@ def cmd_unlearn(cfg: DictConfig) -> None:
     cfg, run_dir = _prepare(cfg)
     with _run(run_dir, cfg, "unlearn") as run:
         res = vision.run_unlearning(cfg, run_dir)
+        run.data_files.update(res["data_files"])
         run.status = res["status"]
         if res["status"] == "diverged":
             log.warning("the run diverged: %s", res["divergence"]["reason"])
@@ -189,6 +190,29 @@ def _run_hydra(command: str, args: list[str]) -> None:
     hydra.main(config_path="configs", config_name=command, version_base="1.3")(task)()
 
 
+def check_group_choices(args: list[str]) -> None:
+    """Reject ``group=option`` overrides naming a config that does not exist, with close matches.
+
+    Hydra's own message lists every option; ours names the closest ones and the fix.
+    """
+    from obliviate.errors import UnknownNameError
+
+    config_dir = Path(__file__).parent / "configs"
+    for arg in args:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            continue
+        group, value = arg.split("=", 1)
+        group_dir = config_dir / group
+        if "." in group or not group_dir.is_dir() or value in ("null", ""):
+            continue
+        options = sorted(str(p.relative_to(group_dir).with_suffix("")) for p in group_dir.rglob("*.yaml"))
+        if value not in options:
+            close = difflib.get_close_matches(value, options, n=3, cutoff=0.4)
+            lowered = [o for o in options if o.lower() == value.lower()]
+            hint = f" Did you mean: {', '.join(dict.fromkeys(lowered + close))}?" if (lowered or close) else ""
+            raise UnknownNameError(f"unknown {group} '{value}'.{hint} Available: {', '.join(options)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -202,6 +226,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: unknown command '{command}'.{hint}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        check_group_choices(rest)
+    except ObliviateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     _run_hydra(command, rest)
 
 
