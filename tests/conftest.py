@@ -23,3 +23,10 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data is not available")
     return path
+
+
+def pytest_configure(config):
+    """One torch thread: tiny test models run faster without thread hand-offs."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -25,7 +25,11 @@ COMMANDS: dict[str, str] = {
     "train": "train the original model and the retrained gold-standard model",
     "unlearn": "unlearn a forget set, evaluate against original and retrained models",
     "quickstart": "embedded demo: every vision method on digits (no downloads)",
-    "prune": "prune the original model (OMP/IMP), report accuracy and measured sparsity",
+    "eval": "TOFU evaluation of an LLM (eval=tofu): TOFU_EVAL.json, TOFU_SUMMARY.json, metrics.json",
+    "prune": "prune the original model (OMP/IMP; LoRAPrune / unlearning_prune on LLMs), report the results",
+    "sweep": "Optuna search over a method's hyper-parameters (configs/sweep/<name>.yaml)",
+    "report": "RUN_DIR ... [-o FILE]: self-contained HTML report with plots and tables",
+    "compare": "RUN_DIR ... [--csv] [-o FILE]: table of headline metrics over runs",
 }
 
 USAGE = "usage: obliviate <command> [key=value ...] [--help] [--cfg job]\n\ncommands:\n" + "\n".join(
@@ -60,7 +64,8 @@ def _run(run_dir: Path, cfg: DictConfig, command: str):
 
 
 def _track(cfg: DictConfig) -> str:
-    return str(cfg.model.get("track", "vision"))
+    model = cfg.get("model")  # the sweep config has no model
+    return "vision" if model is None else str(model.get("track", "vision"))
 
 
 def _llm_job(cfg: DictConfig, command: str) -> None:
@@ -121,13 +126,38 @@ def cmd_unlearn(cfg: DictConfig) -> None:
         run.status = res["status"]
         if res["status"] == "diverged":
             log.warning("the run diverged: %s", res["divergence"]["reason"])
+    from obliviate.distributed import is_main_process
+
+    if not is_main_process():  # accelerate/torchrun: the table is printed once, by rank 0
+        return
     rows = [
         {"method": "original", **res["original"]},
+        *([{"method": "pruned", **res["pruned"]}] if "pruned" in res else []),  # pruning=omp|imp|mask
         {"method": res["method"], **res["unlearned"]},
         {"method": "retrain", **res["retrain"], "avg_gap": 0.0, "rte_s": res["retrain"].get("train_time_s")},
     ]
     print(format_table(rows, COLUMNS))
+    if "pruning" in res:
+        sp = res["sparsity"]
+        print(f"\nsparsity (measured): {100 * sp['before_unlearning']:.2f}% before unlearning, {100 * sp['after_unlearning']:.2f}% after")
     print(f"\nmetrics: {run_dir / 'metrics.json'}")
+
+
+def cmd_eval(cfg: DictConfig) -> None:
+    """TOFU evaluation of the configured LLM (see :mod:`obliviate.pipelines.llm_eval`)."""
+    from obliviate.errors import ConfigError
+    from obliviate.pipelines import llm_eval
+    from obliviate.report.table import format_table
+
+    if _track(cfg) != "llm":
+        raise ConfigError(f"obliviate eval needs an LLM (track llm), got model track '{_track(cfg)}'; e.g. model=tiny-llama")
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _run(run_dir, cfg, "eval") as run:
+        res = llm_eval.run_eval(cfg, run_dir, run=run)
+        run.status = res["status"]
+    print(format_table(llm_eval.eval_rows(res), llm_eval.EVAL_COLUMNS, digits=4))
+    print(f"\nTOFU_EVAL: {run_dir / 'TOFU_EVAL.json'}\nmetrics: {run_dir / 'metrics.json'}")
 
 
 def cmd_quickstart(cfg: DictConfig) -> None:
@@ -157,14 +187,64 @@ def cmd_prune(cfg: DictConfig) -> None:
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if _track(cfg) == "llm":  # pruning=loraprune|unlearning_prune (obliviate.pipelines.prune_llm)
+        from obliviate.pipelines.prune_llm import prune_summary, run_prune_llm
+
+        with _run(run_dir, cfg, "prune"):
+            res = run_prune_llm(cfg, run_dir)
+        print(f"{prune_summary(res)}\n\nmodel: {res.get('model_dir')}\nmetrics: {run_dir / 'metrics.json'}")
+        return
     with _run(run_dir, cfg, "prune"):
         res = run_prune(cfg, run_dir)
     print(sparsity_table(res))
     print(f"\nmodel: {res['model_file']}\nmask: {res['pruning'].get('mask_file')}\nmetrics: {run_dir / 'metrics.json'}")
 
 
-HANDLERS: dict[str, Callable[[DictConfig], None]] = {"train": cmd_train, "unlearn": cmd_unlearn, "quickstart": cmd_quickstart,
-                                                     "prune": cmd_prune}
+def cmd_sweep(cfg: DictConfig) -> None:
+    """Optuna search; each trial runs the ``sweep.command`` job in process (see :mod:`obliviate.pipelines.sweep`)."""
+    from hydra import compose
+
+    from obliviate.pipelines.sweep import run_sweep
+
+    run_sweep(cfg, lambda name, overrides: compose(config_name=name, overrides=overrides), _user_overrides())
+
+
+def cmd_report(args: list[str]) -> None:
+    """``obliviate report RUN_DIR [RUN_DIR ...] [-o FILE]`` (argparse: positional run dirs)."""
+    import argparse
+
+    from obliviate.report.html import write_report
+
+    parser = argparse.ArgumentParser(prog="obliviate report", description="Self-contained HTML report (plots + tables) of run dirs "
+                                     "or quickstart dirs.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dir (metrics.json) or quickstart dir (summary.json)")
+    parser.add_argument("-o", "--output", help="HTML file to write (default: RUN_DIR/report.html of the first dir)")
+    ns = parser.parse_args(args)
+    print(f"report: {write_report(ns.run_dirs, ns.output)}")
+
+
+def cmd_compare(args: list[str]) -> None:
+    """``obliviate compare RUN_DIR ... [--csv] [-o FILE]``: headline metrics table."""
+    import argparse
+
+    from obliviate.io import atomic_write_text
+    from obliviate.report.compare import compare
+
+    parser = argparse.ArgumentParser(prog="obliviate compare", description="Table of headline metrics over run dirs or quickstart dirs.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dir (metrics.json) or quickstart dir (summary.json)")
+    parser.add_argument("--csv", action="store_true", help="CSV instead of a markdown table")
+    parser.add_argument("-o", "--output", help="also write the table to this file")
+    ns = parser.parse_args(args)
+    text = compare(ns.run_dirs, fmt="csv" if ns.csv else "markdown")
+    print(text, end="")
+    if ns.output:
+        atomic_write_text(ns.output, text)
+
+
+HANDLERS: dict[str, Callable[[DictConfig], None]] = {"train": cmd_train, "unlearn": cmd_unlearn, "eval": cmd_eval,
+                                                     "quickstart": cmd_quickstart, "prune": cmd_prune, "sweep": cmd_sweep}
+# Commands that take positional arguments (argparse, not Hydra).
+PLAIN_COMMANDS: dict[str, Callable[[list[str]], None]] = {"report": cmd_report, "compare": cmd_compare}
 
 
 def _run_hydra(command: str, args: list[str]) -> None:
@@ -174,7 +254,7 @@ def _run_hydra(command: str, args: list[str]) -> None:
 
     def task(cfg: DictConfig) -> None:
         try:
-            if _track(cfg) != "vision" and command in ("quickstart", "prune"):
+            if _track(cfg) != "vision" and command == "quickstart":
                 from obliviate.errors import ConfigError
 
                 raise ConfigError(f"model track '{_track(cfg)}' is not supported by '{command}' yet")
@@ -220,8 +300,17 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
+    if command in PLAIN_COMMANDS:
+        try:
+            PLAIN_COMMANDS[command](rest)
+        except ObliviateError as exc:
+            if os.environ.get("OBLIVIATE_DEBUG"):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        return
     if command not in HANDLERS:
-        close = difflib.get_close_matches(command, list(HANDLERS), n=2)
+        close = difflib.get_close_matches(command, [*HANDLERS, *PLAIN_COMMANDS], n=2)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         print(f"error: unknown command '{command}'.{hint}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from obliviate.distributed import is_main_process
 from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json, atomic_write_text, read_json
 
@@ -106,6 +107,8 @@ class Run:
         return out
 
     def _write(self, status: str) -> None:
+        if not is_main_process():  # accelerate/torchrun: rank 0 owns the manifest
+            return
         manifest = {
             "command": self.command,
             "status": status,
@@ -127,7 +130,8 @@ class Run:
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._previous_sigterm = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _raise_interrupt)
-        atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+        if is_main_process():
+            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         self._write("running")
         return self
 

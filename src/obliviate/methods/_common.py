@@ -113,7 +113,7 @@ def pad_collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         first = values[0]
         if isinstance(first, dict):
             out[key] = pad_collate(values)
-        elif key in _PAD_VALUES and isinstance(first, (torch.Tensor, list)):
+        elif key in _PAD_VALUES and (isinstance(first, list) or (isinstance(first, torch.Tensor) and first.dim() == 1)):
             seqs = [torch.as_tensor(v, dtype=torch.long) for v in values]
             width = max(int(s.shape[-1]) for s in seqs)
             padded = torch.full((len(seqs), width), _PAD_VALUES[key], dtype=torch.long)

@@ -15,10 +15,16 @@ tiny probabilities exact). An empty answer gives NaN; aggregates ignore NaN samp
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from obliviate.io import atomic_write_json, read_json
 from obliviate.metrics import METRICS
 
 #: The nine inputs of model utility, by reference-framework key (DESIGN §6).
@@ -202,3 +208,198 @@ def model_utility(values: Mapping[str, float] | Sequence[float]) -> float:
     if (vals == 0).any():
         return 0.0
     return float(vals.size / np.sum(1.0 / vals))
+
+
+# ---------------------------------------------------------------------- result assembly
+@dataclass
+class SplitValues:
+    """Per-sample values of one TOFU split, as the runner extracted them.
+
+    Records are duck-typed (:class:`obliviate.metrics.runner.TokenRecord`: ``logp``,
+    ``logp_mean``, ``correct``, ``mu``, ``sigma``).
+
+    Attributes:
+        indices: Sample keys of ``value_by_index``.
+        qa: Record of the original answer per sample.
+        answers: Gold answer texts (ROUGE reference, ZLib text).
+        para: Record of the paraphrased answer per sample, if scored.
+        pert: Records of the perturbed answers per sample, if scored.
+        generations: Greedy generations per sample, if generated.
+    """
+
+    indices: list[str]
+    qa: list[Any]
+    answers: list[str]
+    para: list[Any] | None = None
+    pert: list[list[Any]] | None = None
+    generations: list[str] | None = None
+
+
+def _entry(by_index: dict[str, dict[str, Any]], agg: float | None = None) -> dict[str, Any]:
+    scores = [v["score"] for v in by_index.values()]
+    return {"agg_value": nanmean(scores) if agg is None else agg, "value_by_index": by_index}
+
+
+def _prob_entry(indices: list[str], records: list[Any]) -> dict[str, Any]:
+    by = {}
+    for i, r in zip(indices, records):
+        p = float(np.exp(r.logp_mean))
+        by[i] = {"score": p, "prob": p, "avg_loss": -r.logp_mean}
+    return _entry(by)
+
+
+def _pert_entry(indices: list[str], pert: list[list[Any]]) -> dict[str, Any]:
+    by = {}
+    for i, recs in zip(indices, pert):
+        probs = [float(np.exp(r.logp_mean)) for r in recs]
+        by[i] = {"score": nanmean(probs), "prob": probs, "avg_loss": [-r.logp_mean for r in recs]}
+    return _entry(by)
+
+
+def split_results(name: str, sv: SplitValues) -> dict[str, dict[str, Any]]:
+    """Reference-schema entries of one split (``forget``, ``retain``, ``ra`` or ``wf``).
+
+    Keys: ``<name>_Q_A_Prob``, ``_Q_A_PARA_Prob``, ``_Q_A_PERT_Prob``, ``_Q_A_ROUGE``; the truth
+    ratio as ``forget_truth_ratio`` (closer-to-1 aggregate) or ``<name>_Truth_Ratio``
+    (true-better aggregate); ``<name>_Q_A_Prob_normalised`` for ``ra`` / ``wf``.
+    """
+    out: dict[str, dict[str, Any]] = {f"{name}_Q_A_Prob": _prob_entry(sv.indices, sv.qa)}
+    if sv.para is not None:
+        out[f"{name}_Q_A_PARA_Prob"] = _prob_entry(sv.indices, sv.para)
+    if sv.pert is not None:
+        out[f"{name}_Q_A_PERT_Prob"] = _pert_entry(sv.indices, sv.pert)
+    if sv.generations is not None:
+        by = {}
+        for i, gen, ref, s in zip(sv.indices, sv.generations, sv.answers, rouge_scores(sv.generations, sv.answers)):
+            by[i] = {"score": s["rougeL_recall"], **s, "generation": gen, "ground_truth": ref}
+        out[f"{name}_Q_A_ROUGE"] = _entry(by)
+    factual = name in ("ra", "wf")
+    true_recs = sv.qa if factual else sv.para
+    if sv.pert is not None and true_recs is not None:
+        trs = [truth_ratio(t.logp_mean, [r.logp_mean for r in p]) for t, p in zip(true_recs, sv.pert)]
+        by = {i: {"score": tr} for i, tr in zip(sv.indices, trs)}
+        if name == "forget":
+            out["forget_truth_ratio"] = _entry(by, truth_ratio_forget_agg(trs))
+        else:
+            out[f"{name}_Truth_Ratio"] = _entry(by, truth_ratio_retain_agg(trs))
+    if factual and sv.pert is not None:
+        norm = [normalised_probability(q.logp_mean, [r.logp_mean for r in p]) for q, p in zip(sv.qa, sv.pert)]
+        out[f"{name}_Q_A_Prob_normalised"] = _entry({i: {"score": v, "prob": v} for i, v in zip(sv.indices, norm)})
+    return out
+
+
+def forget_privacy_results(forget: SplitValues, holdout: SplitValues | None, k: float = 0.4) -> dict[str, dict[str, Any]]:
+    """Memorisation on the forget set and the four MIA AUCs (forget = members, holdout = not).
+
+    Each ``mia_*`` entry is ``{"agg_value": auc, "auc": auc, "forget": {value_by_index},
+    "holdout": {value_by_index}}`` (scores: higher = more member-like).
+    """
+    from obliviate.metrics.memorisation import exact_memorisation, extraction_strength
+    from obliviate.metrics.mia_llm import loss_score, mia_auc, min_k_plus_plus_score, min_k_score, zlib_score
+
+    out: dict[str, dict[str, Any]] = {
+        "extraction_strength": _entry({i: {"score": extraction_strength(r.correct)} for i, r in zip(forget.indices, forget.qa)}),
+        "exact_memorization": _entry({i: {"score": exact_memorisation(r.correct)} for i, r in zip(forget.indices, forget.qa)}),
+    }
+    if holdout is None:
+        return out
+    attacks = {
+        "mia_loss": lambda r, text: loss_score(r.logp),
+        "mia_zlib": lambda r, text: zlib_score(r.logp, text),
+        "mia_min_k": lambda r, text: min_k_score(r.logp, k),
+        "mia_min_k_plus_plus": lambda r, text: min_k_plus_plus_score(r.logp, r.mu, r.sigma, k),
+    }
+    for key, fn in attacks.items():
+        sides = {}
+        for side, sv in (("forget", forget), ("holdout", holdout)):
+            sides[side] = _entry({i: {"score": fn(r, t)} for i, r, t in zip(sv.indices, sv.qa, sv.answers)})
+        scores = [[v["score"] for v in sides[s]["value_by_index"].values()] for s in ("forget", "holdout")]
+        auc = mia_auc(*scores)
+        out[key] = {"agg_value": auc, "auc": auc, **sides}
+    return out
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def retain_reference_results(
+    results: dict[str, dict[str, Any]], retain_logs: dict[str, Any] | None, privleak_ref_auc: float | None = 0.5
+) -> dict[str, dict[str, Any]]:
+    """``forget_quality``, ``privleak`` and ``model_utility`` from computed entries.
+
+    Never raises on missing inputs: the value is ``None`` (null in JSON) with a warning.
+
+    Args:
+        results: Entries from :func:`split_results` / :func:`forget_privacy_results`.
+        retain_logs: The retain model's TOFU_EVAL.json content (``forget_truth_ratio``
+            per-sample scores; ``mia_min_k`` AUC), or ``None``.
+        privleak_ref_auc: Retrain AUC used for PrivLeak when ``retain_logs`` has none (the
+            reference framework's default is 0.5); ``None`` = report null instead.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    ftr = results.get("forget_truth_ratio")
+    ref_tr = None
+    if retain_logs is not None:
+        by = (retain_logs.get("forget_truth_ratio") or {}).get("value_by_index") or {}
+        ref_tr = [v.get("score") for v in by.values() if isinstance(v, dict) and v.get("score") is not None]
+    if ftr is None:
+        _warn("forget_quality skipped: no forget truth ratios (forget samples need paraphrased and perturbed answers)")
+        out["forget_quality"] = {"agg_value": None}
+    elif not ref_tr:
+        _warn("forget_quality skipped: retain model logs with per-sample forget_truth_ratio not given (retain_logs_path)")
+        out["forget_quality"] = {"agg_value": None}
+    else:
+        mine = [v["score"] for v in ftr["value_by_index"].values()]
+        out["forget_quality"] = {"agg_value": forget_quality(mine, ref_tr), "n": len(mine), "n_retain": len(ref_tr)}
+    if "mia_min_k" in results:
+        from obliviate.metrics.mia_llm import privleak
+
+        ref = (retain_logs or {}).get("mia_min_k", {}) or {}
+        source = "retain_logs"
+        ref_auc = ref.get("agg_value") if isinstance(ref, dict) else None
+        if ref_auc is None:
+            source, ref_auc = "default", privleak_ref_auc
+            _warn(f"privleak: no retain-model mia_min_k AUC in the retain logs; using reference AUC {ref_auc}")
+        value = None if ref_auc is None else privleak(results["mia_min_k"]["agg_value"], float(ref_auc))
+        out["privleak"] = {"agg_value": value, "ref_auc": ref_auc, "ref_source": source}
+    missing = [k for k in MODEL_UTILITY_KEYS if k not in results]
+    if missing:
+        _warn(f"model_utility skipped: missing {', '.join(missing)}")
+        out["model_utility"] = {"agg_value": None, "missing": missing}
+    else:
+        out["model_utility"] = {"agg_value": model_utility({k: results[k]["agg_value"] for k in MODEL_UTILITY_KEYS})}
+    return out
+
+
+# ---------------------------------------------------------------------- files
+EVAL_FILE, SUMMARY_FILE = "TOFU_EVAL.json", "TOFU_SUMMARY.json"
+
+
+def load_retain_logs(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The retain model's TOFU_EVAL.json (a file, or a directory holding it); ``None`` + warning if unusable."""
+    if path is None:
+        return None
+    p = Path(path)
+    p = p / EVAL_FILE if p.is_dir() else p
+    try:
+        logs = read_json(p)
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"retain logs {p} unusable ({exc}); forget_quality needs them", UserWarning, stacklevel=2)
+        return None
+    return logs if isinstance(logs, dict) else None
+
+
+def tofu_summary(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Aggregate values only (the TOFU_SUMMARY.json content); NaN becomes ``None``."""
+    out: dict[str, float | None] = {}
+    for key, entry in results.items():
+        value = entry.get("agg_value") if isinstance(entry, dict) else None
+        out[key] = float(value) if value is not None and np.isfinite(value) else None
+    return out
+
+
+def save_tofu_results(results: dict[str, dict[str, Any]], output_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write TOFU_EVAL.json (everything) and TOFU_SUMMARY.json (aggregates) atomically."""
+    out = Path(output_dir)
+    return atomic_write_json(out / EVAL_FILE, results), atomic_write_json(out / SUMMARY_FILE, tofu_summary(results))

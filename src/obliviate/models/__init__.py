@@ -4,7 +4,7 @@ from obliviate.registry import Registry
 
 MODELS: Registry = Registry("model")
 
-from obliviate.models import vision  # noqa: E402,F401  (registration)
+from obliviate.models import llm, vision  # noqa: E402,F401  (registration)
 from obliviate.models.vision import build_vision_model  # noqa: E402
 
 __all__ = ["MODELS", "build_vision_model"]

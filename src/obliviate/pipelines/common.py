@@ -25,14 +25,32 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 
 def training_arguments(args: dict[str, Any] | DictConfig, output_dir: str | Path, seed: int) -> TrainingArguments:
     """Build ``TrainingArguments`` from a config block; unknown keys fail with a clear message."""
+    from obliviate.distributed import training_defaults
+
     raw = OmegaConf.to_container(args, resolve=True) if isinstance(args, DictConfig) else dict(args or {})
-    merged = {**TRAINING_DEFAULTS, "seed": seed, **raw, "output_dir": str(output_dir)}
+    merged = {**TRAINING_DEFAULTS, **training_defaults(), "seed": seed, **raw, "output_dir": str(output_dir)}
+    check_report_to(merged.get("report_to"))
     try:
         return TrainingArguments(**merged)
     except TypeError as exc:
         raise ConfigError(f"invalid trainer.args: {exc}; see transformers.TrainingArguments for valid keys") from None
     except ValueError as exc:
         raise ConfigError(f"invalid trainer.args: {exc}") from None
+
+
+def check_report_to(report_to: Any) -> None:
+    """Fail early, in one line, when a ``report_to`` logger is not installed (W&B runs offline
+    unless ``WANDB_MODE`` is set)."""
+    import importlib.util
+    import os
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name, module in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if name in names:
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"trainer.args.report_to={name} needs the {module} package: pip install {module}")
+            if name == "wandb":
+                os.environ.setdefault("WANDB_MODE", "offline")
 
 
 def apply_method_preset(cfg: DictConfig, presets: DictConfig | None, handler: str, user_overrides: list[str]) -> DictConfig:

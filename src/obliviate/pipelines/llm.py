@@ -11,6 +11,7 @@ command from the saved model.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,12 @@ from obliviate.data.text import (
 from obliviate.engine import SupervisedTrainer
 from obliviate.engine.guard import DivergenceGuard, make_guard_config
 from obliviate.engine.trainer import build_trainer
-from obliviate.errors import ConfigError
+from obliviate.errors import ConfigError, DataError
 from obliviate.io import atomic_write_json
 from obliviate.methods import METHODS
 from obliviate.models.adapters import CausalLMAdapter
 from obliviate.models.llm import load_causal_lm, save_causal_lm
+from obliviate.pipelines import llm_eval
 from obliviate.pipelines.common import latest_checkpoint, timer, training_arguments
 
 log = logging.getLogger(__name__)
@@ -72,16 +74,31 @@ def maybe_lora(model: nn.Module, cfg: DictConfig) -> nn.Module:
     from obliviate.models.lora import apply_lora
 
     targets = list(lora.target_modules) if lora.get("target_modules") else None
-    model = apply_lora(model, r=int(lora.r), alpha=float(lora.alpha), dropout=float(lora.get("dropout", 0.0)), target_modules=targets)
+    extra = list(lora.modules_to_save) if lora.get("modules_to_save") else None
+    model = apply_lora(model, r=int(lora.r), alpha=float(lora.alpha), dropout=float(lora.get("dropout") or 0.0), target_modules=targets,
+                       modules_to_save=extra)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("LoRA r=%s on %s: %d trainable parameters", lora.r, targets or "all linear layers", trainable)
     return model
 
 
 def save_model_dir(model: nn.Module, tokenizer: Any, out_dir: Path, cfg: DictConfig) -> str:
-    """Save the model (or LoRA adapters, merged if ``lora.merge``) with ``save_pretrained``."""
-    lora = cfg.get("lora") or {}
-    save_causal_lm(model, tokenizer, out_dir, merge_lora=bool(lora.get("merge", False)), base_dir=out_dir.parent / f"{out_dir.name}_base")
+    """Save the model with ``save_pretrained``; returns the directory to load it from.
+
+    With LoRA the adapters always go to ``<out_dir>_adapter`` (a loadable adapter dir: loading
+    it applies and merges them); ``lora.merge`` also saves the merged model to ``out_dir``
+    (the model is merged in place, so this is its last use).
+    """
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        save_causal_lm(model, tokenizer, out_dir)
+        return str(out_dir)
+    adapter_dir = out_dir.parent / f"{out_dir.name}_adapter"
+    save_causal_lm(model, tokenizer, adapter_dir, base_dir=out_dir.parent / f"{out_dir.name}_base")
+    if not (cfg.get("lora") or {}).get("merge", False):
+        return str(adapter_dir)
+    save_causal_lm(model, tokenizer, out_dir, merge_lora=True)
     return str(out_dir)
 
 
@@ -180,26 +197,34 @@ def _data_info(ds: QADataset | None, value: Any) -> dict[str, Any] | None:
     return {"name": value if isinstance(value, str) else getattr(ds, "name", "inline"), "n": len(ds), "sha256_16": ds.content_hash()}
 
 
-def _record_files(run: Any, cfg: DictConfig, paths: dict[str, Any]) -> None:
-    if run is None:
-        return
+def check_sources(cfg: DictConfig, paths: dict[str, Any], run: Any = None) -> None:
+    """Resolve every configured dataset before any model is loaded: bad names and missing
+    local directories fail fast. Records the data files in the run manifest."""
     for key in ("forget", "retain", "eval", "full"):
         value = cfg.data.get(key)
         if value is None:
             continue
         _, spec = resolve_dataset_spec(value, paths)
         hf = spec["args"].get("hf_args") or {}
-        file = Path(str(hf.get("path", ""))).expanduser() / f"{hf.get('name', '')}.json"
-        run.data_files[key] = str(file) if file.is_file() else f"{hf.get('path')}:{hf.get('name')}"
+        path = str(hf.get("path", ""))
+        if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+            raise DataError(f"data directory '{path}' does not exist; pass paths.tofu=DIR (a folder of <split>.json files) or a hub id")
+        file = Path(path).expanduser() / f"{hf.get('name', '')}.json"
+        if run is not None:
+            run.data_files[key] = str(file) if file.is_file() else f"{path}:{hf.get('name')}"
 
 
 # ----------------------------------------------------------------------------- train
 def finetune(model: nn.Module, dataset: QADataset, collator: Any, args_cfg: Any, out_dir: Path, seed: int, resume: bool = False) -> tuple[float, list[dict]]:
-    """Supervised fine-tuning on the answer tokens of ``dataset``. Returns (seconds, log history)."""
-    args = _args(args_cfg, out_dir / "trainer", seed)
+    """Supervised fine-tuning on the answer tokens of ``dataset`` (Trainer output in ``out_dir``).
+
+    Returns:
+        ``(seconds, log history)``.
+    """
+    args = _args(args_cfg, out_dir, seed)
     trainer = SupervisedTrainer(model, args, CausalLMAdapter(), train_dataset=dataset, data_collator=collator)
     with timer() as t:
-        trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir / "trainer") if resume else None)
+        trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir) if resume else None)
     model.eval()
     return t["s"], trainer.state.log_history
 
@@ -215,7 +240,7 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
     if unknown:
         raise ConfigError(f"train.stages may hold 'target' and 'retain', got {unknown}")
     paths = text_data_paths(cfg)
-    _record_files(run, cfg, paths)
+    check_sources(cfg, paths, run)
     model, tokenizer = load_model(cfg)
     data = {k: load_split(cfg, k, tokenizer, paths=paths) for k in ("full", *SPLITS)}
     if data["forget"] is not None:
@@ -224,6 +249,7 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
         if stage in stages and data[key] is None:
             raise ConfigError(f"train stage '{stage}' needs data.{key}")
     collator = make_collator(cfg, tokenizer)
+    evaluations = llm_eval.prepare_evaluations(cfg, tokenizer, paths)
     bs = int(cfg.get("eval_batch_size", 16))
     probes = {k: data[k] for k in SPLITS}
     result: dict[str, Any] = {"track": "llm", "command": "train", "status": "completed", "model": _plain(cfg.model.get("model_args")),
@@ -235,12 +261,23 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
         model = maybe_lora(model, cfg)
         train_ds = data["full" if stage == "target" else "retain"]
         log.info("training the %s model on %d QA pairs", stage, len(train_ds))
-        seconds, history = finetune(model, train_ds, collator, cfg.train.args, run_dir / stage, seed, bool(cfg.get("resume")))
+        seconds, history = finetune(model, train_ds, collator, cfg.train.args, run_dir / "trainer" / stage, seed, bool(cfg.get("resume")))
         means, per = measure(model, probes, bs)
+        # eval=tofu: eval/<stage>/TOFU_EVAL.json (the retain model's is the retain_logs_path of forget quality)
+        tofu = {ev.name: llm_eval.run_info(ev, llm_eval.evaluate(model, tokenizer, ev, run_dir / "eval" / stage)) for ev in evaluations}
         out_dir = save_model_dir(model, tokenizer, run_dir / stage, cfg)
         atomic_write_json(run_dir / "eval" / f"{stage}_nll.json", per)
         result["stages"][stage] = {"dir": out_dir, "train_time_s": seconds, "n_train": len(train_ds), "nll": means, "log_history": history}
+        if evaluations:
+            result["stages"][stage]["eval"] = tofu
         del model
+    if evaluations and {"target", "retain"} <= set(stages) and not cfg.get("retain_logs_path"):
+        summary = llm_eval.rescore_with_retain(run_dir / "eval" / "target", run_dir / "eval" / "retain")
+        if summary is not None:  # the target model scored against the retain model trained after it
+            info = result["stages"]["target"]["eval"][evaluations[0].name]
+            info["summary"] = llm_eval.headline(summary)
+            info["warnings"] = [w for w in info["warnings"] if "forget_quality" not in w and "privleak" not in w]
+            info["retain_logs_path"] = str(run_dir / "eval" / "retain" / "TOFU_EVAL.json")
     atomic_write_json(run_dir / "metrics.json", result)
     return result
 
@@ -257,7 +294,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
     trainer_cls, method = build_trainer(handler, method_args)
     owner: Any = method if method is not None else trainer_cls
     paths = text_data_paths(cfg)
-    _record_files(run, cfg, paths)
+    check_sources(cfg, paths, run)
     model, tokenizer = load_model(cfg)
     forget = load_split(cfg, "forget", tokenizer, idk=bool(getattr(owner, "needs_idk", False)), paths=paths)
     if forget is None:
@@ -268,24 +305,35 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
     evalset = load_split(cfg, "eval", tokenizer, paths=paths)
     check_forget_retain(forget, retain)
     collator = make_collator(cfg, tokenizer)
+    evaluations = llm_eval.prepare_evaluations(cfg, tokenizer, paths)  # eval=tofu
+    callbacks = llm_eval.training_callbacks(cfg, evaluations, tokenizer, run_dir)  # eval_during_training
+    if run is not None:
+        run.data_files.update({f"eval.{ev.name}.{k}": v for ev in evaluations for k, v in ev.files.items()})
     bs = int(cfg.get("eval_batch_size", 16))
     probes = {"forget": forget, "retain": retain, "eval": evalset}
     before, per_before = measure(model, probes, bs)
     atomic_write_json(run_dir / "eval" / "nll_before.json", per_before)
+    from obliviate.pipelines.prune_llm import prepare_llm
+
+    model, pruning = prepare_llm(cfg, model, forget, retain, collator)  # pruning=unlearning_prune (else no-op)
 
     model = maybe_lora(model, cfg)
     guard = DivergenceGuard(make_guard_config(cfg.get("divergence")))
     adapter = CausalLMAdapter()
     with timer() as t:
         if method is not None and getattr(method, "one_shot", False):
-            model = method.apply(model, forget, retain, adapter, seed, collate_fn=collator)
+            takes_collate = "collate_fn" in inspect.signature(method.apply).parameters
+            model = method.apply(model, forget, retain, adapter, seed, **({"collate_fn": collator} if takes_collate else {}))
             history: list[dict] = []
+            if callbacks:
+                log.warning("eval_during_training is ignored: %s is a one-shot method (no training steps)", handler)
         else:
             pairs = ForgetRetainDataset(forget, retain if getattr(owner, "needs_retain", True) else None,
                                         anchor=getattr(owner, "anchor", "forget"), seed=seed)
             args = _args(cfg.trainer.args, run_dir / "trainer", seed)
             extra = {"method": method} if method is not None else {"method_args": method_args}
-            trainer = trainer_cls(model, args, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(collator), guard=guard, **extra)
+            trainer = trainer_cls(model, args, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(collator), guard=guard,
+                                  callbacks=list(callbacks), **extra)
             trainer.train(resume_from_checkpoint=latest_checkpoint(run_dir / "trainer") if cfg.get("resume") else None)
             history = trainer.state.log_history
             del trainer
@@ -293,8 +341,13 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
                 guard.restore(model)
                 log.warning("run diverged (%s); restored the weights of step %s", guard.reason, guard.report()["restored_step"])
     model.eval()
+    if pruning is not None:
+        from obliviate.pruning import enforce_masks
+
+        enforce_masks(model)  # pruned groups stay zero (merged adapters / one-shot methods)
     after, per_after = measure(model, probes, bs)
     atomic_write_json(run_dir / "eval" / "nll_after.json", per_after)
+    tofu = {ev.name: llm_eval.evaluate(model, tokenizer, ev, run_dir) for ev in evaluations}  # TOFU_EVAL.json in the run dir
     model_dir = save_model_dir(model, tokenizer, run_dir / "model", cfg)
     result: dict[str, Any] = {
         "track": "llm",
@@ -313,6 +366,13 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         "model_dir": model_dir,
         "log_history": history,
     }
+    if pruning is not None:
+        result["pruning"] = pruning
+    if evaluations:
+        result["eval"] = {ev.name: llm_eval.run_info(ev, tofu[ev.name]) for ev in evaluations}
+        result.update(llm_eval.headline(tofu[evaluations[0].name]["summary"]))
+    if callbacks:
+        result["eval_during_training"] = callbacks[0].history
     atomic_write_json(run_dir / "metrics.json", result)
     return result
 

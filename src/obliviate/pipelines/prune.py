@@ -138,7 +138,7 @@ def prune_model(model: nn.Module, opts: dict[str, Any], cfg: DictConfig, data: V
 
 # ----------------------------------------------------------------------------- obliviate unlearn
 def prepare_model(cfg: DictConfig, model: nn.Module, data: VisionData, run_dir: Path, seed: int,
-                  evaluate: Callable[[nn.Module], dict[str, Any]] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                  evaluate: Callable[[nn.Module], dict[str, Any]] | None = None, split: Any = None) -> tuple[nn.Module, dict[str, Any]]:
     """Prune (``pruning``) and/or LoRA-wrap (``lora``) the copy of the original before unlearning.
 
     Args:
@@ -148,6 +148,7 @@ def prepare_model(cfg: DictConfig, model: nn.Module, data: VisionData, run_dir: 
         run_dir: Run directory (``pruned/mask.safetensors`` is written there).
         seed: Run seed.
         evaluate: Metrics of the pruned model before unlearning (``metrics.json["pruned"]``).
+        split: The forget/retain split (needed by ``pruning=unlearning_prune``).
 
     Returns:
         ``(model, state)``; ``state`` is handed to :func:`finalize_model` and its public
@@ -156,7 +157,16 @@ def prepare_model(cfg: DictConfig, model: nn.Module, data: VisionData, run_dir: 
     popts, lopts = pruning_options(cfg), lora_options(cfg)
     include_head = bool((popts or {}).get("include_head", False))
     state: dict[str, Any] = {"sparsity": {"original": measure_sparsity(model, include_head=include_head).sparsity}}
-    if popts:
+    if popts and str(popts["name"]).lower() == "unlearning_prune":  # dual-importance, see pipelines/prune_structured.py
+        if split is None:
+            raise ConfigError("pruning=unlearning_prune needs the forget/retain split (pass split= to prepare_model)")
+        from obliviate.pipelines.prune_structured import vision_unlearning_prune
+
+        model, record = vision_unlearning_prune(model, split, popts, seed)
+        state["pruning"] = {**popts, **record, "sparsity": measure_sparsity(model, include_head=include_head).sparsity}
+        if evaluate is not None:
+            state["pruned"] = evaluate(model)
+    elif popts:
         rewind_state = rewind_state_for(cfg, popts, data, seed) if str(popts["name"]).lower() == "imp" else None
         state["pruning"] = prune_model(model, popts, cfg, data, run_dir / "pruned", seed, rewind_state)
         if evaluate is not None:
@@ -246,7 +256,14 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     include_head = bool(opts.get("include_head", False))
     original = _accuracies(model, data, include_head)
     rewind_state = rewind_state_for(cfg, opts, data, seed, captured) if is_imp else None
-    info = prune_model(model, opts, cfg, data, run_dir / "pruned", seed, rewind_state)
+    if str(opts["name"]).lower() == "unlearning_prune":  # forget/retain = the configured forget selection
+        from obliviate.pipelines.common import forget_selection
+        from obliviate.pipelines.prune_structured import vision_unlearning_prune
+        from obliviate.pipelines.vision import split_forget
+
+        model, info = vision_unlearning_prune(model, split_forget(data, forget_selection(cfg), seed), opts, seed)
+    else:
+        info = prune_model(model, opts, cfg, data, run_dir / "pruned", seed, rewind_state)
     save_model(model, run_dir / "pruned" / "model.safetensors")
     pruned = _accuracies(model, data, include_head)
     result = {"track": "vision", "pruning": {**opts, **info}, "original": {**original, "train_time_s": seconds}, "pruned": pruned,

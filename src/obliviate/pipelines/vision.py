@@ -23,6 +23,7 @@ from transformers import set_seed
 from obliviate.checkpoint import load_model, save_model
 from obliviate.data import DATASETS, ForgetRetainDataset, PairCollator, select_forget, stack_collate
 from obliviate.data.vision import TensorImageDataset, VisionData
+from obliviate.distributed import is_main_process
 from obliviate.engine import SupervisedTrainer, build_trainer
 from obliviate.engine.guard import DivergenceGuard, make_guard_config
 from obliviate.errors import ConfigError
@@ -200,8 +201,9 @@ def obtain_reference_models(cfg: DictConfig, data: VisionData, split: Split, run
             ds = ds.with_augment(data.augment_train)
             log.info("training the %s model on %d samples", stage, len(ds))
             seconds = train_classifier(model, ds, cfg.train.args, run_dir / stage, seed, data.num_classes, resume=bool(cfg.get("resume")))
-            save_model(model, run_dir / stage / "model.safetensors")
-            atomic_write_json(run_dir / stage / "train_info.json", {"seconds": seconds, "samples": len(ds)})
+            if is_main_process():  # under accelerate/torchrun only rank 0 writes (obliviate.distributed)
+                save_model(model, run_dir / stage / "model.safetensors")
+                atomic_write_json(run_dir / stage / "train_info.json", {"seconds": seconds, "samples": len(ds)})
         out[stage], out[f"{stage}_time_s"] = model, seconds
     return out
 
@@ -225,13 +227,14 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = 
     # Model transforms before the method (pruning=omp|imp|mask, lora.enabled=true): obliviate.pipelines.prune
     from obliviate.pipelines.prune import finalize_model, prepare_model, transform_report
 
-    model, transforms = prepare_model(cfg, model, data, run_dir, seed, evaluate=lambda m: evaluate(m, split, data.test, data.num_classes, seed)[0])
+    model, transforms = prepare_model(cfg, model, data, run_dir, seed, evaluate=lambda m: evaluate(m, split, data.test, data.num_classes, seed)[0],
+                                      split=split)
     guard = DivergenceGuard(make_guard_config(cfg.get("divergence")))
     model, seconds, history = unlearn(model, handler, method_args, split, cfg.trainer.args, run_dir / "unlearned", seed, data.num_classes,
                                       resume=bool(cfg.get("resume")), guard=guard)
     model = finalize_model(model, transforms, run_dir)  # merge LoRA, re-check the mask, measure sparsity
     evals["unlearned"] = evaluate(model, split, data.test, data.num_classes, seed)
-    if save_checkpoint:
+    if save_checkpoint and is_main_process():
         save_model(model, run_dir / "unlearned" / "model.safetensors")
     retrain_m = evals["retrain"][0]
     result: dict[str, Any] = {
@@ -251,7 +254,8 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = 
     result["unlearned"]["rte_s"] = seconds
     result["unlearned"]["rte_ratio_to_retrain"] = (seconds / rt) if rt else None
     result["log_history"] = history
-    for stage, (_, per_sample) in evals.items():
-        atomic_write_json(run_dir / "eval" / f"{stage}.json", per_sample)
-    atomic_write_json(run_dir / "metrics.json", result)
+    if is_main_process():  # every rank computed the same metrics; rank 0 writes them
+        for stage, (_, per_sample) in evals.items():
+            atomic_write_json(run_dir / "eval" / f"{stage}.json", per_sample)
+        atomic_write_json(run_dir / "metrics.json", result)
     return result

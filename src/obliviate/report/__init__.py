@@ -1,4 +1,4 @@
-"""Reports: result tables (markdown/CSV) and, later, HTML with plots."""
+"""Reports: result tables (markdown/CSV), run-dir loading, comparisons, HTML with plots (html.py, plots.py)."""
 
 from obliviate.report.table import format_table
 

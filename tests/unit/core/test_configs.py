@@ -30,12 +30,13 @@ def _compose_option(rel: Path):
     if group.startswith("experiment"):
         option = str(Path(*rel.parts[1:]).with_suffix(""))
         group = "experiment"
+    extra = ["track=llm"] if group == "data/datasets" else []  # TOFU dataset configs read ${paths.tofu}
     try:
-        return compose(config_name="unlearn", overrides=[f"{group}={option}"])
+        return compose(config_name="unlearn", overrides=[f"{group}={option}", *extra])
     except ConfigCompositionException as exc:
         if "No match in the defaults list" not in str(exc) and "Could not override" not in str(exc):
             raise
-        return compose(config_name="unlearn", overrides=[f"+{group}={option}"])
+        return compose(config_name="unlearn", overrides=[f"+{group}={option}", *extra])
 
 
 @pytest.mark.parametrize("name", PRIMARY)

@@ -1,6 +1,6 @@
-"""Vision datasets: digits (embedded default), CIFAR-10 (folders or tarballs)."""
+"""Vision datasets: digits (embedded default), CIFAR-10 (folders or tarballs), parquet (HF image layout)."""
 
-from obliviate.data.vision import cifar10, digits  # noqa: F401  (registration)
+from obliviate.data.vision import cifar10, digits, parquet  # noqa: F401  (registration)
 from obliviate.data.vision.tensors import TensorImageDataset, VisionData
 
 __all__ = ["TensorImageDataset", "VisionData"]

@@ -1,0 +1,492 @@
+"""Shared-pass evaluation runner for causal LMs (DESIGN §6 last point, §7).
+
+ONE teacher-forced forward pass per sequence yields everything the probability, truth-ratio,
+MIA and memorisation metrics need, stored per sequence in a :class:`TokenRecord`: answer-token
+log-probs, teacher-forced argmax (hence the "correct" flags) and the Min-K%++ terms ``mu``/
+``sigma`` of the next-token distribution. Two further savings, both exact:
+
+- **Shared-prefix packing**: the variants of one question (original, paraphrased, perturbed
+  answers) share the question's tokens. They are packed into one row, the prefix once, then
+  each answer with its own position ids and a 4-D attention mask letting an answer see the
+  prefix and itself only. Results equal the unpacked pass (float noise, tested to 1e-5).
+- **Teacher-forcing drafts for greedy generation**: greedy decoding follows the gold answer
+  for as long as the teacher-forced argmax equals the label, and its token at the first
+  mismatch is that argmax. Those tokens are known from the forward pass, so ``generate`` only
+  continues from there (nothing to generate at all when the answer is reproduced up to EOS).
+
+Inputs are tokenised sequences ``{"input_ids": [...], "labels": [...]}`` (``-100`` on prompt
+tokens) and prompt-only ids for generation, so the runner does not depend on a data loader.
+Padding never enters a loss: rows are right-padded for teacher forcing with the attention
+mask built from lengths (never from ``pad_token_id``), left-padded for generation, and
+results do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from obliviate.errors import DataError
+from obliviate.metrics.mia_llm import token_mu_sigma
+from obliviate.metrics.tofu import SplitValues, forget_privacy_results, load_retain_logs, retain_reference_results, split_results
+from obliviate.metrics.tofu import save_tofu_results, tofu_summary  # noqa: F401  (re-exported)
+
+IGNORE_INDEX = -100
+#: Answer-token rows post-processed at once (bounds the ``[n, vocab]`` float32 buffers).
+_TOKEN_CHUNK = 2048
+
+
+@dataclass
+class EvalCounter:
+    """Work done by a :class:`ForwardRunner` (the bench reports these)."""
+
+    forward_calls: int = 0  # teacher-forced model calls (batches)
+    forward_rows: int = 0  # rows in those calls (a packed row holds several sequences)
+    forward_sequences: int = 0  # sequences scored
+    forward_tokens: int = 0  # non-padding tokens fed to teacher-forced calls
+    generate_calls: int = 0  # model.generate calls (batches)
+    generated_prompts: int = 0  # prompts that needed model.generate
+    draft_tokens: int = 0  # greedy tokens taken from teacher forcing instead of generated
+
+
+@dataclass
+class TokenRecord:
+    """Per-sequence values from one teacher-forced pass; arrays are ``[n]`` answer tokens.
+
+    Attributes:
+        logp: ``log p(label_t | prefix)`` per answer token.
+        pred: Teacher-forced argmax token ids.
+        labels: Answer token ids.
+        mu: Mean of ``log p(v)`` under the next-token distribution (Min-K%++).
+        sigma: Its standard deviation (variance floored at 1e-6).
+    """
+
+    logp: np.ndarray
+    pred: np.ndarray
+    labels: np.ndarray
+    mu: np.ndarray
+    sigma: np.ndarray
+
+    @property
+    def correct(self) -> np.ndarray:
+        """``pred == labels`` per answer token ``[n]``."""
+        return self.pred == self.labels
+
+    @property
+    def logp_mean(self) -> float:
+        """Length-normalised log-probability ``−NLL`` (NaN for an empty answer)."""
+        return float(self.logp.mean()) if self.logp.size else float("nan")
+
+
+@dataclass
+class _Row:
+    ids: list[int]
+    pos: list[int]
+    seg: list[int]  # 0 = shared prefix (or whole unpacked sequence), v+1 = answer of variant v
+    packed: bool
+    targets: list[tuple[tuple[int, int], list[int], list[int]]] = field(default_factory=list)  # (key, positions, labels)
+
+
+def _validate(seq: dict[str, Any], where: str) -> tuple[list[int], list[int]]:
+    ids, labels = list(seq["input_ids"]), list(seq["labels"])
+    if len(ids) != len(labels):
+        raise DataError(f"{where}: input_ids has {len(ids)} tokens but labels has {len(labels)}")
+    if any(lab < 0 and lab != IGNORE_INDEX for lab in labels):
+        raise DataError(f"{where}: labels must be token ids or {IGNORE_INDEX}")
+    return [int(i) for i in ids], [int(lab) for lab in labels]
+
+
+def _answer_start(labels: list[int]) -> int:
+    return next((t for t, lab in enumerate(labels) if lab != IGNORE_INDEX), len(labels))
+
+
+def _targets(ids_len: int, labels: list[int], to_row: Any) -> tuple[list[int], list[int]]:
+    """Row positions predicting each answer token, and the labels (position 0 cannot be predicted)."""
+    pos, lab = [], []
+    for t in range(1, ids_len):
+        if labels[t] != IGNORE_INDEX:
+            pos.append(to_row(t - 1))
+            lab.append(labels[t])
+    return pos, lab
+
+
+def supports_packing(model: nn.Module) -> bool:
+    """Whether custom 4-D masks are safe: eager/SDPA attention, no sliding window."""
+    cfg = getattr(model, "config", None)
+    impl = getattr(cfg, "_attn_implementation", None)
+    return impl in ("eager", "sdpa") and not getattr(cfg, "sliding_window", None)
+
+
+class ForwardRunner:
+    """Runs the shared teacher-forced passes and batched greedy generation, counting work.
+
+    Args:
+        model: A causal LM returning ``.logits`` ``[b, s, v]``.
+        batch_size: Rows per teacher-forced call (a packed row holds all variants of one
+            question; lower it for long rows on large vocabularies).
+        generation_batch_size: Prompts per ``generate`` call (default: ``batch_size``).
+        pack_prefix: Pack the variants of a question into one row (see module docstring);
+            switched off automatically for attention implementations without 4-D masks.
+        pad_token_id: Filler id for padded positions (never attended, never scored).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        batch_size: int = 8,
+        generation_batch_size: int | None = None,
+        pack_prefix: bool = True,
+        pad_token_id: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.generation_batch_size = int(generation_batch_size or batch_size)
+        self.pack_prefix = bool(pack_prefix) and supports_packing(model)
+        self.pad_token_id = int(pad_token_id)
+        self.counter = EvalCounter()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ teacher forcing
+    def _rows(self, group: Sequence[tuple[list[int], list[int]]], g: int) -> list[_Row]:
+        lengths = [len(ids) for ids, _ in group]
+        prefix = 0
+        if self.pack_prefix and len(group) > 1:
+            cap = min(min(_answer_start(lab), len(ids)) for ids, lab in group)
+            first = group[0][0]
+            while prefix < cap and all(ids[prefix] == first[prefix] for ids, _ in group):
+                prefix += 1
+        if prefix < 1:  # nothing shared: one plain row per sequence
+            rows = []
+            for v, (ids, lab) in enumerate(group):
+                pos, lbl = _targets(len(ids), lab, lambda q: q)
+                rows.append(_Row(ids, list(range(len(ids))), [0] * len(ids), False, [((g, v), pos, lbl)]))
+            return rows
+        row = _Row(list(group[0][0][:prefix]), list(range(prefix)), [0] * prefix, True)
+        for v, (ids, lab) in enumerate(group):
+            offset = len(row.ids)
+            row.ids += ids[prefix:]
+            row.pos += list(range(prefix, lengths[v]))
+            row.seg += [v + 1] * (lengths[v] - prefix)
+            pos, lbl = _targets(len(ids), lab, lambda q, o=offset: q if q < prefix else o + q - prefix)
+            row.targets.append(((g, v), pos, lbl))
+        return [row]
+
+    def _forward(self, rows: list[_Row]) -> torch.Tensor:
+        """Logits ``[b, T, v]`` of right-padded rows."""
+        b, t_max = len(rows), max(len(r.ids) for r in rows)
+        ids = torch.full((b, t_max), self.pad_token_id, dtype=torch.long)
+        lengths = torch.tensor([len(r.ids) for r in rows])
+        for i, r in enumerate(rows):
+            ids[i, : len(r.ids)] = torch.tensor(r.ids)
+        kwargs: dict[str, Any] = {}
+        if any(r.packed for r in rows):
+            seg = torch.full((b, t_max), -1, dtype=torch.long)  # -1 = padding
+            pos = torch.arange(t_max).repeat(b, 1)  # [b, T]
+            for i, r in enumerate(rows):
+                seg[i, : len(r.ids)] = torch.tensor(r.seg)
+                pos[i, : len(r.ids)] = torch.tensor(r.pos)
+            causal = torch.ones(t_max, t_max, dtype=torch.bool).tril()  # [T, T]
+            q, k = seg.unsqueeze(2), seg.unsqueeze(1)  # [b, T, 1], [b, 1, T]
+            allow = causal & ((k == 0) | (k == q))  # [b, T, T]; real tokens never see (later) pads
+            dtype = next(self.model.parameters()).dtype
+            mask = torch.zeros(b, 1, t_max, t_max, dtype=dtype)
+            mask.masked_fill_(~allow.unsqueeze(1), torch.finfo(dtype).min)
+            kwargs = {"attention_mask": mask.to(self.device), "position_ids": pos.to(self.device)}
+        else:
+            mask = (torch.arange(t_max).unsqueeze(0) < lengths.unsqueeze(1)).long()  # [b, T]
+            kwargs = {"attention_mask": mask.to(self.device)}
+        self.counter.forward_calls += 1
+        self.counter.forward_rows += b
+        self.counter.forward_tokens += int(lengths.sum())
+        return self.model(input_ids=ids.to(self.device), use_cache=False, **kwargs).logits
+
+    @torch.inference_mode()
+    def score(self, groups: Sequence[Sequence[dict[str, Any]]]) -> list[list[TokenRecord]]:
+        """Teacher-forced values of every sequence, one forward pass each.
+
+        Args:
+            groups: Groups of tokenised sequences; the sequences of a group (e.g. the answers
+                to one question) may share a prompt prefix, which is then computed once.
+
+        Returns:
+            ``records[g][v]`` for sequence ``v`` of group ``g``.
+        """
+        rows: list[_Row] = []
+        for g, group in enumerate(groups):
+            checked = [_validate(s, f"group {g} sequence {v}") for v, s in enumerate(group)]
+            if checked:
+                rows += self._rows(checked, g)
+        out: list[list[TokenRecord | None]] = [[None] * len(group) for group in groups]
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i].ids))  # less padding
+        for start in range(0, len(order), self.batch_size):
+            batch = [rows[i] for i in order[start : start + self.batch_size]]
+            logits = self._forward(batch)  # [b, T, v]
+            r_idx = [i for i, r in enumerate(batch) for _, pos, _ in r.targets for _ in pos]
+            p_idx = [p for r in batch for _, pos, _ in r.targets for p in pos]
+            labels = torch.tensor([x for r in batch for _, _, lab in r.targets for x in lab], dtype=torch.long)
+            parts: list[list[torch.Tensor]] = [[], [], [], []]
+            for c in range(0, len(p_idx), _TOKEN_CHUNK):
+                sel = logits[r_idx[c : c + _TOKEN_CHUNK], p_idx[c : c + _TOKEN_CHUNK]].float()  # [n, v]
+                lsm = torch.log_softmax(sel, dim=-1)
+                lab = labels[c : c + _TOKEN_CHUNK].to(lsm.device)
+                mu, sigma = token_mu_sigma(lsm)
+                for part, value in zip(parts, (lsm.gather(-1, lab.unsqueeze(-1)).squeeze(-1), sel.argmax(-1), mu, sigma)):
+                    part.append(value.cpu())
+            logp, pred, mu, sigma = (torch.cat(p).numpy() if p else np.zeros(0) for p in parts)
+            at = 0
+            for r in batch:
+                for (g, v), pos, lab in r.targets:
+                    n = len(pos)
+                    out[g][v] = TokenRecord(
+                        logp=logp[at : at + n].astype(np.float64),
+                        pred=pred[at : at + n].astype(np.int64),
+                        labels=np.asarray(lab, dtype=np.int64),
+                        mu=mu[at : at + n].astype(np.float64),
+                        sigma=sigma[at : at + n].astype(np.float64),
+                    )
+                    at += n
+                    self.counter.forward_sequences += 1
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ generation
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int | None = None,
+        drafts: Sequence[Sequence[int] | None] | None = None,
+    ) -> list[list[int]]:
+        """Greedy generation, batched with left padding; returns only the new tokens.
+
+        Args:
+            prompts: Prompt token ids per sample (no padding).
+            max_new_tokens: Generation budget per sample.
+            eos_token_ids: Tokens that end a generation (cut, not returned).
+            pad_token_id: Left-padding id (default: the runner's).
+            drafts: Optional greedy tokens already known per sample (e.g. from
+                :func:`greedy_draft`); generation continues after them.
+
+        Returns:
+            New token ids per sample, cut at the first EOS and at ``max_new_tokens``.
+        """
+        from transformers import GenerationConfig
+
+        eos = {int(e) for e in eos_token_ids}
+        pad = self.pad_token_id if pad_token_id is None else int(pad_token_id)
+        results: list[list[int] | None] = [None] * len(prompts)
+        pending: list[tuple[int, list[int], list[int], int]] = []  # (i, context, draft, budget)
+        for i, prompt in enumerate(prompts):
+            draft = list((drafts[i] if drafts is not None else None) or [])[:max_new_tokens]
+            stop = next((j for j, tok in enumerate(draft) if tok in eos), None)
+            self.counter.draft_tokens += len(draft) if stop is None else stop + 1
+            if stop is not None:
+                results[i] = draft[:stop]
+            elif len(draft) >= max_new_tokens:
+                results[i] = draft
+            else:
+                pending.append((i, [int(t) for t in prompt] + draft, draft, max_new_tokens - len(draft)))
+        pending.sort(key=lambda x: (-x[3], -len(x[1])))  # similar budgets and lengths together
+        for start in range(0, len(pending), self.generation_batch_size):
+            batch = pending[start : start + self.generation_batch_size]
+            width = max(len(ctx) for _, ctx, _, _ in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)  # from lengths, never from pad ids
+            for r, (_, ctx, _, _) in enumerate(batch):
+                ids[r, width - len(ctx) :] = torch.tensor(ctx)
+                mask[r, width - len(ctx) :] = 1
+            budget = max(b for *_, b in batch)
+            config = GenerationConfig(
+                max_new_tokens=budget, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=sorted(eos) or None
+            )
+            self.counter.generate_calls += 1
+            self.counter.generated_prompts += len(batch)
+            out = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config
+            )
+            new = out[:, width:].tolist()  # [b, <= budget]
+            for r, (i, _, draft, b) in enumerate(batch):
+                cont = new[r][:b]
+                stop = next((j for j, tok in enumerate(cont) if tok in eos), len(cont))
+                results[i] = draft + cont[:stop]
+        return results  # type: ignore[return-value]
+
+
+def greedy_draft(sample: dict[str, Any], prompt: Sequence[int], record: TokenRecord) -> list[int] | None:
+    """Greedy tokens implied by teacher forcing, or ``None`` if the sample does not allow it.
+
+    Valid when ``input_ids = prompt + answer`` with every answer token labelled: greedy
+    decoding from ``prompt`` then emits the answer while the teacher-forced argmax equals the
+    label, and at the first mismatch emits that argmax.
+
+    Returns:
+        ``pred[: j + 1]`` with ``j`` the first mismatch, or the whole answer if there is none.
+    """
+    ids, labels = list(sample["input_ids"]), list(sample["labels"])
+    a = len(prompt)
+    if a < 1 or list(prompt) != ids[:a] or a >= len(ids):
+        return None
+    if any(lab == IGNORE_INDEX for lab in labels[a:]) or any(lab != IGNORE_INDEX for lab in labels[:a]):
+        return None
+    if labels[a:] != ids[a:] or record.pred.size != len(ids) - a:
+        return None
+    wrong = np.flatnonzero(~record.correct)
+    stop = record.pred.size if wrong.size == 0 else int(wrong[0]) + 1
+    return [int(t) for t in record.pred[:stop]]
+
+
+# ---------------------------------------------------------------------- TOFU evaluation
+SPLIT_ALIASES = {
+    "forget": "forget",
+    "retain": "retain",
+    "ra": "ra",
+    "real_authors": "ra",
+    "wf": "wf",
+    "world_facts": "wf",
+    "holdout": "holdout",
+}
+
+
+def _answer_text(tokenizer: Any, sample: dict[str, Any]) -> str:
+    if sample.get("answer") is not None:
+        return str(sample["answer"])
+    tokens = [t for t in sample["labels"] if t != IGNORE_INDEX]
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    ids = set()
+    gen_cfg = getattr(model, "generation_config", None)
+    for src in (getattr(tokenizer, "eos_token_id", None), getattr(gen_cfg, "eos_token_id", None)):
+        ids |= {int(e) for e in (src if isinstance(src, (list, tuple)) else [src]) if e is not None}
+    return sorted(ids)
+
+
+def evaluate_tofu(
+    model: nn.Module,
+    tokenizer: Any,
+    splits: dict[str, list[dict[str, Any]]],
+    *,
+    batch_size: int = 8,
+    generation_batch_size: int | None = None,
+    max_new_tokens: int = 200,
+    generate: bool = True,
+    mia_k: float = 0.4,
+    retain_logs_path: str | os.PathLike | None = None,
+    privleak_ref_auc: float | None = 0.5,
+    pack_prefix: bool = True,
+    reuse_teacher_forcing: bool = True,
+    runner: ForwardRunner | None = None,
+) -> dict[str, dict[str, Any]]:
+    """TOFU evaluation in the reference framework's schema, from shared passes.
+
+    Args:
+        model: Causal LM (put in eval mode during the call, then restored).
+        tokenizer: Needs ``decode``/``batch_decode``, ``pad_token_id``, ``eos_token_id``.
+        splits: Samples per split: ``forget``, ``retain``, ``ra`` (``real_authors``), ``wf``
+            (``world_facts``), ``holdout``. A sample is ``{"input_ids", "labels"}`` (-100 on
+            the prompt) plus optional ``"prompt_ids"`` (generation prompt; default: the
+            unlabelled head of ``input_ids``), ``"answer"`` (text; default: decoded labels),
+            ``"paraphrased"`` ({"input_ids", "labels"}), ``"perturbed"`` (list of those) and
+            ``"index"`` (key in ``value_by_index``; default: position).
+        batch_size: Rows per teacher-forced call.
+        generation_batch_size: Prompts per generate call (default ``batch_size``).
+        max_new_tokens: Greedy generation budget (ROUGE).
+        generate: Compute ROUGE (``False`` skips generation).
+        mia_k: k of Min-K% and Min-K%++.
+        retain_logs_path: The retain model's TOFU_EVAL.json (or its directory) for
+            forget quality and PrivLeak; missing -> ``forget_quality`` is null, with a warning.
+        privleak_ref_auc: PrivLeak's retrain AUC when the retain logs have none.
+        pack_prefix: Share the question prefix between answer variants (exact).
+        reuse_teacher_forcing: Take greedy tokens known from teacher forcing (exact).
+        runner: A :class:`ForwardRunner` to reuse (its counter accumulates).
+
+    Returns:
+        ``{metric_key: {"agg_value": ..., "value_by_index": {"<index>": {"score": ...}}}}``.
+    """
+    data: dict[str, list[dict[str, Any]]] = {}
+    for name, samples in splits.items():
+        key = SPLIT_ALIASES.get(name)
+        if key is None:
+            raise DataError(f"unknown TOFU split '{name}'; known: {', '.join(SPLIT_ALIASES)}")
+        if key in data:
+            raise DataError(f"split '{name}' given twice (as '{key}')")
+        data[key] = list(samples)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = pad if pad is not None else (_eos_ids(model, tokenizer) or [0])[0]
+    runner = runner or ForwardRunner(
+        model, batch_size=batch_size, generation_batch_size=generation_batch_size, pack_prefix=pack_prefix, pad_token_id=pad
+    )
+
+    groups, where = [], []  # where[g] = (split, sample position)
+    for split, samples in data.items():
+        for i, s in enumerate(samples):
+            seqs = [s]
+            if split in ("forget", "retain") and s.get("paraphrased") is not None:
+                seqs.append(s["paraphrased"])
+            if split != "holdout":
+                seqs += list(s.get("perturbed") or [])
+            groups.append(seqs)
+            where.append((split, i))
+    was_training = model.training
+    model.eval()
+    try:
+        records = runner.score(groups)
+        per_split: dict[str, list[list[TokenRecord]]] = {k: [] for k in data}
+        for (split, _), recs in zip(where, records):
+            per_split[split].append(recs)
+        gens: dict[str, list[str]] = {}
+        if generate and max_new_tokens > 0:
+            prompts, drafts, owners = [], [], []
+            for split in (k for k in data if k != "holdout"):
+                for s, recs in zip(data[split], per_split[split]):
+                    given = s.get("prompt_ids")
+                    if given is None:
+                        given = s["input_ids"][: _answer_start(list(s["labels"]))]
+                    prompt = [int(t) for t in given]
+                    prompts.append(prompt)
+                    drafts.append(greedy_draft(s, prompt, recs[0]) if reuse_teacher_forcing else None)
+                    owners.append(split)
+            eos = _eos_ids(model, tokenizer)
+            tokens = runner.generate(prompts, max_new_tokens=max_new_tokens, eos_token_ids=eos, drafts=drafts)
+            texts = [t.strip() for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)] if tokens else []
+            for split, text in zip(owners, texts):
+                gens.setdefault(split, []).append(text)
+    finally:
+        model.train(was_training)
+
+    values: dict[str, SplitValues] = {}
+    for split, samples in data.items():
+        recs = per_split[split]
+        n_para = 1 if split in ("forget", "retain") and all(s.get("paraphrased") is not None for s in samples) else 0
+        has_pert = split != "holdout" and bool(samples) and all(s.get("perturbed") for s in samples)
+        values[split] = SplitValues(
+            indices=[str(s.get("index", i)) for i, s in enumerate(samples)],
+            qa=[r[0] for r in recs],
+            answers=[_answer_text(tokenizer, s) for s in samples],
+            para=[r[1] for r in recs] if n_para else None,
+            pert=[r[1 + n_para :] for r in recs] if has_pert else None,
+            generations=gens.get(split),
+        )
+    results: dict[str, dict[str, Any]] = {}
+    for split in ("forget", "retain", "ra", "wf"):
+        if split in values:
+            results.update(split_results(split, values[split]))
+    if "forget" in values:
+        results.update(forget_privacy_results(values["forget"], values.get("holdout"), k=mia_k))
+    results.update(retain_reference_results(results, load_retain_logs(retain_logs_path), privleak_ref_auc))
+    return results

@@ -1,0 +1,319 @@
+"""TOFU evaluation wiring for the LLM track: ``obliviate eval`` and evaluation in train/unlearn.
+
+The ``eval`` config group (``configs/eval/tofu.yaml``, the reference framework's ``tofu``
+evaluator) names the splits: forget (``${forget_split}_perturbed``: answer, paraphrased and
+perturbed answers), retain (``retain_perturbed``), real authors and world facts
+(``*_perturbed``) and holdout (``${holdout_split}``). The files are read from
+``eval.tofu.data_path`` (default ``${paths.tofu}``), tokenised with the model's template
+(cached like training data) and scored by :func:`obliviate.metrics.runner.evaluate_tofu`.
+
+Outputs (reference schema, atomic writes): ``TOFU_EVAL.json`` (every metric with per-sample
+``value_by_index``) and ``TOFU_SUMMARY.json`` (aggregates). During unlearning,
+:class:`TofuEvalCallback` writes ``eval/step_<N>/TOFU_SUMMARY.json`` into the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from transformers import TrainerCallback
+
+from obliviate.errors import ConfigError
+from obliviate.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+EVALUATORS = ("TOFUEvaluator",)
+SPLIT_NAMES = ("forget", "retain", "ra", "wf", "holdout")
+#: metrics.json / console headline keys (TOFU_SUMMARY keys), in display order.
+HEADLINE_KEYS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob",
+                 "retain_Q_A_ROUGE", "privleak", "mia_min_k", "extraction_strength", "exact_memorization")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+@dataclass
+class Evaluation:
+    """One configured evaluator with its tokenised splits.
+
+    Attributes:
+        name: Evaluator key under ``eval`` (``tofu``).
+        cfg: Its resolved config (``eval.<name>``).
+        splits: ``{split: [sample, ...]}`` as :func:`~obliviate.metrics.runner.evaluate_tofu` takes them.
+        files: ``{split: data file}`` (recorded in the run manifest).
+    """
+
+    name: str
+    cfg: dict[str, Any]
+    splits: dict[str, list[dict[str, Any]]]
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Samples per split."""
+        return {k: len(v) for k, v in self.splits.items()}
+
+
+def selected_evaluators(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """The evaluators selected with ``eval=<name>`` (``{}`` when none is)."""
+    node = cfg.get("eval")
+    if not node:
+        return {}
+    out = {}
+    for name, ecfg in node.items():
+        if ecfg is None:
+            continue
+        handler = ecfg.get("handler")
+        if handler not in EVALUATORS:
+            raise ConfigError(f"eval.{name}.handler '{handler}' is unknown; available: {', '.join(EVALUATORS)}")
+        out[str(name)] = _plain(ecfg)
+    return out
+
+
+def _file(root: str, name: str) -> str:
+    local = Path(str(root)).expanduser()
+    for ext in (".json", ".jsonl"):
+        if (local / f"{name}{ext}").is_file():
+            return str(local / f"{name}{ext}")
+    return f"{root}:{name}"
+
+
+def load_eval_splits(ecfg: dict[str, Any], tokenizer: Any, template_args: dict[str, Any] | None, cache_dir: str | None = None) -> tuple[dict, dict]:
+    """Tokenised TOFU evaluation samples of every split configured in ``ecfg["splits"]``.
+
+    Each sample is ``{"input_ids", "labels", "answer", "index"}`` plus ``"paraphrased"`` /
+    ``"perturbed"`` (tokenised alternative answers to the same question) when the split names
+    a ``paraphrased_key`` / ``perturbed_key``. ``max_samples`` keeps the first rows of each split.
+
+    Returns:
+        ``(splits, files)``.
+
+    Raises:
+        DataError: a missing file or field (named).
+    """
+    from obliviate.data.text import encode_rows, load_qa_rows
+
+    root = ecfg.get("data_path")
+    limit = ecfg.get("max_samples")
+    max_length = ecfg.get("max_length", 512)
+    qkey_default = ecfg.get("question_key", "question")
+    splits: dict[str, list[dict[str, Any]]] = {}
+    files: dict[str, str] = {}
+    for split, spec in (ecfg.get("splits") or {}).items():
+        if spec is None:  # eval.tofu.splits.wf=null drops a split
+            continue
+        if split not in SPLIT_NAMES:
+            raise ConfigError(f"eval split '{split}' is unknown; TOFU splits: {', '.join(SPLIT_NAMES)}")
+        path = spec.get("path") or root
+        if not path:
+            raise ConfigError(f"eval split '{split}' has no data path; set eval.{ecfg.get('_name', 'tofu')}.data_path or paths.tofu")
+        qk, ak = spec.get("question_key", qkey_default), spec.get("answer_key", "answer")
+        pk, tk = spec.get("paraphrased_key"), spec.get("perturbed_key")
+        required = {qk: str, ak: str, **({pk: str} if pk else {}), **({tk: list} if tk else {})}
+        rows = load_qa_rows(str(path), str(spec["name"]), spec.get("split", "train"), required)
+        if limit:
+            rows = rows[: int(limit)]
+        enc = encode_rows(rows, tokenizer, template_args, qk, ak, max_length, cache_dir)
+        para = encode_rows(rows, tokenizer, template_args, qk, pk, max_length, cache_dir) if pk else None
+        pert = encode_rows(rows, tokenizer, template_args, qk, tk, max_length, cache_dir) if tk else None
+        samples = []
+        for i, row in enumerate(rows):
+            ids, labels = enc[i][0]
+            s: dict[str, Any] = {"input_ids": ids, "labels": labels, "answer": row[ak], "index": i}
+            if para is not None:
+                s["paraphrased"] = {"input_ids": para[i][0][0], "labels": para[i][0][1]}
+            if pert is not None:
+                s["perturbed"] = [{"input_ids": p_ids, "labels": p_lab} for p_ids, p_lab in pert[i]]
+            samples.append(s)
+        splits[split], files[split] = samples, _file(str(path), str(spec["name"]))
+    if not splits:
+        raise ConfigError("the TOFU evaluator has no splits; see configs/eval/tofu.yaml")
+    return splits, files
+
+
+def prepare_evaluations(cfg: DictConfig, tokenizer: Any, paths: dict[str, Any]) -> list[Evaluation]:
+    """Load the splits of every selected evaluator (before any training: bad files fail fast)."""
+    out = []
+    data = cfg.get("data") or {}
+    cache_dir = paths.get("cache_dir") if data.get("cache_tokenized", True) else None
+    template_args = _plain(cfg.model.get("template_args")) or {}
+    for name, ecfg in selected_evaluators(cfg).items():
+        splits, files = load_eval_splits({**ecfg, "_name": name}, tokenizer, template_args, cache_dir)
+        log.info("eval %s: %s", name, ", ".join(f"{k} {v}" for k, v in {k: len(s) for k, s in splits.items()}.items()))
+        out.append(Evaluation(name, ecfg, splits, files))
+    return out
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The headline values of a TOFU summary (keys of :data:`HEADLINE_KEYS` that are present)."""
+    return {k: summary[k] for k in HEADLINE_KEYS if k in summary}
+
+
+def evaluate(model: nn.Module, tokenizer: Any, ev: Evaluation, out_dir: Path | None, *, retain_logs_path: Any = "config",
+             generate: bool | None = None, write_eval: bool = True) -> dict[str, Any]:
+    """Run one evaluator on ``model``; writes TOFU_EVAL.json / TOFU_SUMMARY.json into ``out_dir``.
+
+    Args:
+        model: The causal LM (train mode is restored afterwards).
+        tokenizer: Its tokenizer.
+        ev: The evaluator and its samples.
+        out_dir: Where the files go (``None``: nothing is written).
+        retain_logs_path: The retain model's TOFU_EVAL.json (or its dir); ``"config"`` uses
+            ``eval.<name>.retain_logs_path``.
+        generate: Override ``eval.<name>.generate`` (ROUGE).
+        write_eval: Also write TOFU_EVAL.json (``False``: the summary only).
+
+    Returns:
+        ``{"summary": {...}, "results": {...}, "warnings": [...], "eval_time_s": ...}``;
+        missing retain logs give ``forget_quality: None`` and a warning, never an error.
+    """
+    from obliviate.metrics.runner import evaluate_tofu
+    from obliviate.metrics.tofu import EVAL_FILE, SUMMARY_FILE, tofu_summary
+
+    c = ev.cfg
+    logs = c.get("retain_logs_path") if retain_logs_path == "config" else retain_logs_path
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        results = evaluate_tofu(
+            model, tokenizer, ev.splits, batch_size=int(c.get("batch_size", 8)), max_new_tokens=int(c.get("max_new_tokens", 200)),
+            generate=bool(c.get("generate", True) if generate is None else generate), mia_k=float(c.get("mia_k", 0.4)),
+            retain_logs_path=logs, privleak_ref_auc=c.get("privleak_ref_auc", 0.5),
+        )
+    messages = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    for msg in messages:
+        log.warning("%s", msg)
+    summary = tofu_summary(results)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if write_eval:
+            atomic_write_json(out_dir / EVAL_FILE, results)
+        atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    return {"summary": summary, "results": results, "warnings": messages, "eval_time_s": time.perf_counter() - start}
+
+
+def run_info(ev: Evaluation, out: dict[str, Any], retain_logs_path: Any = None) -> dict[str, Any]:
+    """The metrics.json block of one evaluation (splits, counts, files, warnings, headline)."""
+    c = ev.cfg
+    return {"handler": c.get("handler"), "forget_split": c.get("forget_split"), "holdout_split": c.get("holdout_split"),
+            "retain_logs_path": retain_logs_path if retain_logs_path is not None else c.get("retain_logs_path"),
+            "n": ev.counts, "files": ev.files, "eval_time_s": out["eval_time_s"], "warnings": out["warnings"],
+            "summary": headline(out["summary"])}
+
+
+def rescore_with_retain(eval_dir: Path, retain_dir: Path, privleak_ref_auc: float | None = 0.5) -> dict[str, Any] | None:
+    """Recompute forget_quality / privleak / model_utility of ``eval_dir`` against ``retain_dir``'s TOFU_EVAL.json.
+
+    Used by ``obliviate train``: the target model is evaluated before the retain model exists.
+    Returns the new summary (``None`` when a file is missing).
+    """
+    from obliviate.metrics.tofu import EVAL_FILE, retain_reference_results, save_tofu_results, tofu_summary
+
+    mine, ref = Path(eval_dir) / EVAL_FILE, Path(retain_dir) / EVAL_FILE
+    if not (mine.is_file() and ref.is_file()):
+        return None
+    results = read_json(mine)
+    base = {k: v for k, v in results.items() if k not in ("forget_quality", "privleak", "model_utility")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = {**base, **retain_reference_results(base, read_json(ref), privleak_ref_auc)}
+    save_tofu_results(results, eval_dir)
+    return tofu_summary(results)
+
+
+class TofuEvalCallback(TrainerCallback):
+    """Evaluates during training: ``<out_dir>/step_<N>/TOFU_SUMMARY.json`` every ``every_steps``
+    optimizer steps and/or at each epoch end (the global step names the directory).
+
+    Args:
+        evaluations: The prepared evaluators (their samples are reused at every evaluation).
+        tokenizer: The model's tokenizer.
+        out_dir: ``<run_dir>/eval``.
+        every_steps: Evaluate every N steps (``None``/0: never).
+        per_epoch: Evaluate at every epoch end.
+        generate: ROUGE during training (``None``: the evaluator's setting).
+    """
+
+    def __init__(self, evaluations: list[Evaluation], tokenizer: Any, out_dir: Path, every_steps: int | None = None,
+                 per_epoch: bool = False, generate: bool | None = None) -> None:
+        self.evaluations, self.tokenizer, self.out_dir = evaluations, tokenizer, Path(out_dir)
+        self.every_steps, self.per_epoch, self.generate = int(every_steps or 0), bool(per_epoch), generate
+        self.done: set[int] = set()
+        self.history: list[dict[str, Any]] = []
+
+    def _run(self, state: Any, model: nn.Module | None) -> None:
+        from obliviate.distributed import is_main_process
+
+        step = int(state.global_step)
+        if model is None or step in self.done or not is_main_process():
+            return
+        self.done.add(step)
+        for ev in self.evaluations:
+            out = evaluate(model, self.tokenizer, ev, self.out_dir / f"step_{step}", generate=self.generate, write_eval=False)
+            entry = {"step": step, "epoch": state.epoch, "evaluator": ev.name, **headline(out["summary"])}
+            self.history.append(entry)
+            log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
+        if self.every_steps and state.global_step % self.every_steps == 0:
+            self._run(state, model)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
+        if self.per_epoch:
+            self._run(state, model)
+
+
+def training_callbacks(cfg: DictConfig, evaluations: list[Evaluation], tokenizer: Any, run_dir: Path) -> list[TofuEvalCallback]:
+    """The during-training evaluation callback from ``eval_during_training`` (``[]`` when off)."""
+    node = cfg.get("eval_during_training") or {}
+    every, per_epoch = node.get("every_steps"), bool(node.get("per_epoch"))
+    if not (every or per_epoch):
+        return []
+    if every is not None and int(every) < 0:
+        raise ConfigError(f"eval_during_training.every_steps must be a positive integer, got {every}")
+    if not evaluations:
+        raise ConfigError("eval_during_training needs an evaluator; add eval=tofu")
+    return [TofuEvalCallback(evaluations, tokenizer, run_dir / "eval", every, per_epoch, node.get("generate"))]
+
+
+# ----------------------------------------------------------------------------- obliviate eval
+def run_eval(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]:
+    """``obliviate eval``: evaluate the configured model; writes TOFU_EVAL.json, TOFU_SUMMARY.json, metrics.json."""
+    from obliviate.pipelines.llm import load_model, text_data_paths
+
+    if not selected_evaluators(cfg):
+        raise ConfigError("no evaluator selected; add eval=tofu")
+    paths = text_data_paths(cfg)
+    model, tokenizer = load_model(cfg)
+    evaluations = prepare_evaluations(cfg, tokenizer, paths)
+    result: dict[str, Any] = {"track": "llm", "command": "eval", "status": "completed", "method": None,
+                              "model": _plain(cfg.model.get("model_args")), "eval": {}}
+    for ev in evaluations:
+        if run is not None:
+            run.data_files.update({f"eval.{ev.name}.{k}": v for k, v in ev.files.items()})
+        out = evaluate(model, tokenizer, ev, run_dir)
+        result["eval"][ev.name] = run_info(ev, out)
+        result.update(headline(out["summary"]))
+    atomic_write_json(run_dir / "metrics.json", result)
+    return result
+
+
+def eval_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Console rows (metric, value) of an eval result."""
+    rows = []
+    for name, info in res.get("eval", {}).items():
+        rows.append({"metric": f"[{name}] samples", "value": ", ".join(f"{k} {v}" for k, v in info["n"].items())})
+        rows += [{"metric": k, "value": v} for k, v in info["summary"].items()]
+    return rows
+
+
+EVAL_COLUMNS = [("metric", "metric"), ("value", "value")]

@@ -1,0 +1,233 @@
+"""LLM-track structured pruning: ``obliviate prune pruning=loraprune|unlearning_prune`` and the
+``pruning=unlearning_prune`` transform of ``obliviate unlearn`` (:func:`prepare_llm`).
+
+``pruning=loraprune`` (compression): LoRA fine-tuning on ``data.full`` (else forget + retain)
+with soft group masks, LoRA-gradient importance (EMA) and the cubic schedule
+(:class:`~obliviate.pruning.loraprune.LoRAPruner`), then LoRA merge and physical removal of the
+pruned heads/channels (local mode), ``save_pretrained`` to ``pruned/``. metrics.json holds the
+parameter count, latency (median forward time of one fixed batch, same process) and
+training-data NLL before and after.
+
+``pruning=unlearning_prune``: dual-importance pruning on ``data.forget`` / ``data.retain``
+(:func:`~obliviate.pipelines.prune_structured.dual_prune`) with the retain-NLL safeguard;
+pruned groups are zeroed in the weights (reloadable, same shapes) and stay zero in later
+training.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from itertools import cycle
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from obliviate.errors import ConfigError
+from obliviate.io import atomic_write_json
+from obliviate.pipelines.common import timer
+from obliviate.pipelines.prune_structured import dual_prune, retain_batches_for, take_batches
+
+log = logging.getLogger(__name__)
+
+
+def _opts(cfg: DictConfig) -> dict[str, Any]:
+    node = cfg.get("pruning")
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean answer-token NLL of a collated batch (``labels`` -100 outside the answers)."""
+    device = next(model.parameters()).device
+    return model(**{k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}).loss
+
+
+def n_params(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 10) -> float:
+    """Median forward time (ms) of ``batch`` over ``repeats`` passes after one warm-up pass."""
+    model.eval()
+    device = next(model.parameters()).device
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+    model(**inputs)
+    times = []
+    for _ in range(max(int(repeats), 1)):
+        t0 = time.perf_counter()
+        model(**inputs)
+        times.append(1000.0 * (time.perf_counter() - t0))
+    return float(statistics.median(times))
+
+
+def _snapshot(model: nn.Module, batches: list, probe: dict, repeats: int) -> dict[str, float]:
+    from obliviate.pipelines.prune_structured import mean_loss
+
+    return {"params": n_params(model), "latency_ms": latency_ms(model, probe, repeats), "train_nll": mean_loss(model, batches, lm_loss)}
+
+
+def _load(cfg: DictConfig) -> tuple[nn.Module, Any, dict[str, Any], Any]:
+    from obliviate.pipelines import llm
+
+    paths = llm.text_data_paths(cfg)
+    llm.check_sources(cfg, paths)
+    model, tokenizer = llm.load_model(cfg)
+    data = {k: llm.load_split(cfg, k, tokenizer, paths=paths) for k in ("full", "forget", "retain")}
+    return model, tokenizer, data, llm.make_collator(cfg, tokenizer)
+
+
+# ----------------------------------------------------------------------------- LoRAPrune
+def run_loraprune(cfg: DictConfig, run_dir: Path, opts: dict[str, Any]) -> dict[str, Any]:
+    """LoRAPrune compression of the configured causal LM (see module docstring)."""
+    from obliviate.models.llm import save_causal_lm
+    from obliviate.models.lora import apply_lora
+    from obliviate.pruning.groups import remove_pruned_groups
+    from obliviate.pruning.loraprune import LoRAPruneConfig, LoRAPruner
+
+    seed = int(cfg.seed)
+    model, tokenizer, data, collator = _load(cfg)
+    train = data["full"]
+    if train is None:
+        if data["forget"] is None or data["retain"] is None:
+            raise ConfigError("pruning=loraprune needs training data: data.full (or data.forget + data.retain)")
+        from torch.utils.data import ConcatDataset
+
+        train = ConcatDataset([data["forget"], data["retain"]])
+    bs, steps, repeats = int(opts.get("batch_size", 8)), int(opts.get("steps", 60)), int(opts.get("latency_repeats", 10))
+    batches = take_batches(train, collator, bs, None, seed)
+    probe = batches[0]
+    before = _snapshot(model, batches, probe, repeats)
+    pcfg = LoRAPruneConfig(**{k: opts[k] for k in ("init_ratio", "target_ratio", "warmup_steps", "cooldown_steps", "prune_freq",
+                                                   "prune_metric", "mode", "beta") if opts.get(k) is not None})
+    peft = apply_lora(model, r=int(opts.get("lora_r", 8)), alpha=float(opts.get("lora_alpha", 16)))
+    if pcfg.prune_metric == "grad":
+        for p in peft.parameters():
+            p.requires_grad_(True)
+    pruner = LoRAPruner(peft, steps, pcfg)
+    params = [p for p in peft.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=float(opts.get("lr", 1e-3)), weight_decay=0.0)
+    history: list[dict[str, float]] = []
+    it = cycle(batches)
+    peft.train()
+    with timer() as t:
+        for step in range(steps):
+            loss = lm_loss(peft, next(it))
+            loss.backward()
+            ratio = pruner.step(step)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if ratio is not None or step == steps - 1:
+                history.append({"step": step, "loss": float(loss.detach()), "sparsity": pruner.masks.sparsity()})
+    pruned_groups = pruner.masks.pruned()
+    model = peft.merge_and_unload()
+    masks = pruner.masks.rebind(model)
+    removal: dict[str, Any] = {"removed": False}
+    if opts.get("remove", True):
+        removal = {"removed": True, **remove_pruned_groups(model, masks, allow_nonuniform=pcfg.mode != "local")}
+    else:
+        from obliviate.pipelines.prune_structured import bake_masks
+
+        bake_masks(model, masks)
+    after = _snapshot(model, batches, probe, repeats)
+    out_dir = run_dir / "pruned"
+    reloadable = pcfg.mode == "local" or not removal["removed"] or removal.get("uniform", False)
+    if reloadable:
+        save_causal_lm(model, tokenizer, out_dir)
+    else:
+        log.warning("global LoRAPrune left per-layer shapes a config cannot describe: the pruned model is not saved")
+    n_groups = sum(int(v.numel()) for v in masks.keep.values())
+    return {"track": "llm", "command": "prune", "status": "completed",
+            "pruning": {**opts, "pruned_groups": pruned_groups, "n_pruned": sum(len(v) for v in pruned_groups.values()),
+                        "n_groups": n_groups, "group_sparsity": masks.sparsity(), "history": history, "seconds": t["s"],
+                        **{k: v for k, v in removal.items() if k != "per_layer"}, "kept_per_layer": removal.get("per_layer")},
+            "original": before, "pruned": after,
+            "ratios": {"params": after["params"] / before["params"], "latency": after["latency_ms"] / max(before["latency_ms"], 1e-9)},
+            "n_train": len(train), "model_dir": str(out_dir) if reloadable else None}
+
+
+# ----------------------------------------------------------------------------- unlearning mode
+def llm_unlearning_prune(model: nn.Module, forget: Any, retain: Any, collator: Any, opts: dict[str, Any], seed: int,
+                         eval_batch_size: int = 16) -> tuple[nn.Module, dict[str, Any]]:
+    """Dual-importance pruning of a causal LM; the safeguard is the retain answer NLL (lower is better)."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    from obliviate.pipelines.llm import answer_nll
+
+    if retain is None:
+        raise ConfigError("pruning=unlearning_prune needs a retain set (data.retain) for the retain sensitivity pass")
+    bs = int(opts.get("batch_size", 8))
+    fb = take_batches(forget, collator, bs, opts.get("max_forget_batches"), seed)
+    rb = retain_batches_for(fb, retain, collator, bs, float(opts.get("forget_retain_ratio", 1.0)), seed)
+    n = min(int(opts.get("retain_eval_samples", 256)), len(retain))
+    rows = np.random.default_rng(seed).choice(len(retain), n, replace=False).tolist()
+    probe = Subset(retain, rows)
+    probe.tokenizer = retain.tokenizer  # answer_nll builds its collator from it
+
+    def retain_eval(m: nn.Module) -> float:
+        vals = answer_nll(m, probe, eval_batch_size)
+        return float(sum(vals) / len(vals))
+
+    model, record = dual_prune(model, fb, rb, lm_loss, opts, retain_eval, higher_is_better=False)
+    record["retain_metric"]["name"] = "retain_nll"
+    model.eval()
+    return model, record
+
+
+def prepare_llm(cfg: DictConfig, model: nn.Module, forget: Any, retain: Any, collator: Any) -> tuple[nn.Module, dict[str, Any] | None]:
+    """``obliviate unlearn ... pruning=unlearning_prune``: prune before the method runs (no-op otherwise)."""
+    opts = _opts(cfg)
+    name = str(opts.get("name", "none")).lower()
+    if name in ("none", "null", ""):
+        return model, None
+    if name != "unlearning_prune":
+        raise ConfigError(f"pruning={name} is not available in 'obliviate unlearn' on the LLM track; use pruning=unlearning_prune")
+    return llm_unlearning_prune(model, forget, retain, collator, opts, int(cfg.seed), int(cfg.get("eval_batch_size", 16)))
+
+
+def run_prune_llm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The ``obliviate prune`` job on the LLM track; writes metrics.json and returns it."""
+    from obliviate.models.llm import save_causal_lm
+
+    opts = _opts(cfg)
+    name = str(opts.get("name", "none")).lower()
+    if name == "loraprune":
+        result = run_loraprune(cfg, run_dir, opts)
+    elif name == "unlearning_prune":
+        model, tokenizer, data, collator = _load(cfg)
+        if data["forget"] is None:
+            raise ConfigError("pruning=unlearning_prune needs data.forget (e.g. data.forget=TOFU_QA_FORGET10)")
+        from obliviate.pipelines.llm import check_forget_retain
+
+        check_forget_retain(data["forget"], data["retain"])
+        model, record = llm_unlearning_prune(model, data["forget"], data["retain"], collator, opts, int(cfg.seed),
+                                             int(cfg.get("eval_batch_size", 16)))
+        save_causal_lm(model, tokenizer, run_dir / "pruned")
+        result = {"track": "llm", "command": "prune", "status": "completed", "pruning": {**opts, **record},
+                  "model_dir": str(run_dir / "pruned")}
+    else:
+        raise ConfigError(f"obliviate prune on the LLM track supports pruning=loraprune or pruning=unlearning_prune, got '{name}'")
+    atomic_write_json(run_dir / "metrics.json", result)
+    return result
+
+
+def prune_summary(res: dict[str, Any]) -> str:
+    """Human-readable summary of :func:`run_prune_llm`'s result."""
+    p = res["pruning"]
+    if p.get("method") == "unlearning_prune":
+        lb, la = p["loss"]["before"], p["loss"]["after"]
+        return (f"unlearning_prune: {p['n_pruned']}/{p['n_groups']} groups pruned\n"
+                f"forget NLL {lb['forget']:.4f} -> {la['forget']:.4f}; retain NLL {lb['retain']:.4f} -> {la['retain']:.4f}")
+    o, q = res["original"], res["pruned"]
+    lines = [f"{'model':<10} {'params':>10} {'latency_ms':>11} {'train_nll':>10}"]
+    lines += [f"{n:<10} {r['params']:>10d} {r['latency_ms']:>11.3f} {r['train_nll']:>10.4f}" for n, r in (("original", o), ("pruned", q))]
+    return f"loraprune: {p['n_pruned']}/{p['n_groups']} groups pruned\n" + "\n".join(lines)
+
+
+__all__ = ["latency_ms", "llm_unlearning_prune", "lm_loss", "prepare_llm", "prune_summary", "run_loraprune", "run_prune_llm"]

@@ -1,0 +1,230 @@
+"""Vision unlearning methods: a generic run over the registry, then exact checks of the
+training-based methods (l1_sparse schedule, SalUn frozen weights, SCRUB alternation,
+BadTeacher targets, LoRAUnlearner threshold and early stop)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from obliviate.engine.trainer import frozen_copy
+from obliviate.errors import ConfigError
+from obliviate.methods import METHODS, build_method
+from obliviate.methods.bad_teacher import random_teacher
+from obliviate.methods.l1_sparse import l1_norm, l1_weight
+from obliviate.methods.salun import saliency_mask
+from obliviate.methods.scrub import distill_kl, step_kind
+from obliviate.pipelines import vision
+
+from .vision_helpers import ADAPTER, N_CLASSES, batch_of, context, make_trainer, split, trained_cnn
+
+VISION = sorted(METHODS.names(tracks="vision"))
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax p || softmax q) per row, written out in float64."""
+    p, q = torch.softmax(p_logits.double(), -1), torch.softmax(q_logits.double(), -1)
+    return (p * (p.log() - q.log())).sum(-1)
+
+
+# ----------------------------------------------------------------------------- generic
+@pytest.mark.parametrize("name", VISION)
+def test_every_vision_method_changes_the_model_with_finite_loss(name, tmp_path):
+    sp = split()
+    model = trained_cnn()
+    before = copy.deepcopy(model.state_dict())
+    args = {"per_device_train_batch_size": 8, "learning_rate": 1e-3, "max_steps": 3, "logging_steps": 1, "disable_tqdm": True,
+            "use_cpu": True}
+    with torch.random.fork_rng():
+        model, _, history = vision.unlearn(model, name, None, sp, args, tmp_path, 0, N_CLASSES)
+    moved = max((p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters())
+    assert moved > 0, f"{name} left every parameter unchanged"
+    losses = [h["loss"] for h in history if "loss" in h]
+    if not METHODS.get(name).one_shot:
+        assert losses, f"{name}: no loss was logged"
+    assert all(math.isfinite(v) for v in losses), f"{name}: non-finite loss {losses}"
+    with torch.no_grad():
+        assert torch.isfinite(model(batch_of(sp.retain)["pixel_values"])).all()
+    assert not any(p._backward_hooks for p in model.parameters()), f"{name} left gradient hooks on the model"
+
+
+@pytest.mark.parametrize(("name", "args"), [
+    ("l1_sparse", {"alpha": -1.0}), ("l1_sparse", {"schedule": "cosine"}), ("SalUn", {"threshold_ratio": 0.0}),
+    ("SCRUB", {"kd_T": 0.0}), ("SCRUB", {"kl_direction": "both"}), ("BadTeacher", {"temperature": -1.0}),
+    ("LoRAUnlearner", {"forget_threshold": 2.0}), ("FF", {"max_std": 0.0}), ("IU", {"on_negligible": "ignore"}),
+    ("IU", {"damping": 0.0}), ("SSD", {"reference": "test"}), ("SSD", {"importance": "exact"}), ("SalUn", {"ratio": 0.5}),
+])
+def test_bad_method_args_raise_config_error(name, args):
+    with pytest.raises(ConfigError):
+        build_method(name, args)
+
+
+# ----------------------------------------------------------------------------- l1_sparse
+def test_l1_schedule_numbers():
+    assert [l1_weight(1e-3, t, 10) for t in range(10)] == pytest.approx([1e-3 * (10 - t) / 10 for t in range(10)])
+    assert l1_weight(1e-3, 10, 10) == 0.0 and l1_weight(1e-3, 12, 10) == 0.0
+    assert l1_weight(1e-3, 5, 10, "constant") == 1e-3 and l1_weight(1e-3, 5, None) == 1e-3
+
+
+def test_l1_sparse_trains_with_the_decaying_weight_and_exact_loss(tmp_path):
+    sp, model = split(), trained_cnn()
+    method = build_method("l1_sparse", {"alpha": 2e-3})
+    trainer = make_trainer(model, method, sp, tmp_path, max_steps=4, logging_strategy="steps", logging_steps=1)
+    trainer.train()
+    weights = [h["l1_weight"] for h in trainer.state.log_history if "l1_weight" in h]
+    assert weights == pytest.approx([2e-3, 1.5e-3, 1e-3, 0.5e-3])
+    # the loss is CE_retain + alpha_t * sum |theta|
+    ctx = context()
+    ctx.step = 1
+    batch = {"retain": batch_of(sp.retain, list(range(8)))}
+    loss, logs = method.loss(model, batch, ctx)
+    ce = ADAPTER.per_sample_nll(model, batch["retain"])[0].mean()
+    expected = ce + 1.5e-3 * sum(p.abs().sum() for p in model.parameters())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert logs["l1_norm"] == pytest.approx(l1_norm(model).item())
+
+
+# ----------------------------------------------------------------------------- SalUn
+def test_saliency_mask_is_the_global_top_fraction():
+    grads = {"a": torch.tensor([0.1, -5.0, 0.3]), "b": torch.tensor([[-0.2, 4.0], [0.05, 1.0]])}
+    masks = saliency_mask(grads, 0.5)  # 7 entries -> 3 salient: |-5|, |4|, |1|
+    assert masks["a"].tolist() == [False, True, False]
+    assert masks["b"].tolist() == [[False, True], [False, True]]
+    assert sum(int(m.sum()) for m in saliency_mask(grads, 1.0).values()) == 7
+
+
+def test_salun_frozen_weights_stay_bit_for_bit_under_adamw_weight_decay(tmp_path):
+    sp, model = split({"forget_fraction": 0.2}), trained_cnn()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    method = build_method("SalUn", {"threshold_ratio": 0.3})
+    trainer = make_trainer(model, method, sp, tmp_path, max_steps=6, learning_rate=1e-2, weight_decay=0.1, optim="adamw_torch")
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(int(m.sum()) for m in method.masks.values()) == int(0.3 * total)
+    trainer.train()
+    moved_salient = 0
+    for n, p in model.named_parameters():
+        m = method.masks[n]
+        assert torch.equal(p.detach()[~m], original[n][~m]), f"frozen entries of {n} moved"
+        moved_salient += int((p.detach()[m] != original[n][m]).sum())
+        state = trainer.optimizer.state[p]  # Adam moments of frozen entries never saw a gradient
+        assert torch.count_nonzero(state["exp_avg"][~m]) == 0 and torch.count_nonzero(state["exp_avg_sq"][~m]) == 0
+    assert moved_salient > 0.5 * int(0.3 * total), "salient weights should train"
+    assert not any(p._backward_hooks for p in model.parameters()), "gradient hooks must be removed after training"
+
+
+def test_salun_forget_labels_are_never_the_true_labels():
+    sp, model = split({"forget_fraction": 0.5}), trained_cnn()
+    seen = []
+
+    class Spy(type(ADAPTER)):
+        def per_sample_nll(self, model, batch, labels=None):
+            if labels is not None:
+                seen.append((labels.clone(), batch["labels"].clone()))
+            return super().per_sample_nll(model, batch, labels)
+
+    method = build_method("SalUn")
+    ctx = context(forget_dataset=sp.forget)
+    ctx.adapter = Spy(N_CLASSES)
+    method.setup(model, ctx)
+    try:
+        for _ in range(20):
+            method.loss(model, {"forget": batch_of(sp.forget), "retain": batch_of(sp.retain, list(range(8)))}, ctx)
+    finally:
+        method.remove_hooks()
+    assert seen and all((wrong != true).all() for wrong, true in seen)
+
+
+# ----------------------------------------------------------------------------- SCRUB
+def test_scrub_step_kinds():
+    kinds = [step_kind(s, msteps=2, n_max=2, n_min=3) for s in range(13)]
+    assert kinds == ["max", "max", "min", "min", "min", "max", "max", "min", "min", "min", "min", "min", "min"]
+    assert all(step_kind(s, 0, 2, 3) == "min" for s in range(10))
+
+
+def test_scrub_alternates_max_and_min_steps_in_training(tmp_path):
+    sp, model = split(), trained_cnn()
+    method = build_method("SCRUB", {"msteps": 2, "max_steps_per_round": 2, "min_steps_per_round": 3})
+    trainer = make_trainer(model, method, sp, tmp_path, max_steps=12, logging_strategy="steps", logging_steps=1)
+    trainer.train()
+    by_step = dict(method.kinds)
+    assert [by_step[s] for s in range(12)] == ["max", "max", "min", "min", "min", "max", "max", "min", "min", "min", "min", "min"]
+    flags = [h["scrub_max_step"] for h in trainer.state.log_history if "scrub_max_step" in h]
+    assert flags == [1.0, 1.0, 0, 0, 0, 1.0, 1.0, 0, 0, 0, 0, 0]
+
+
+def test_scrub_max_step_uses_only_forget_and_min_step_only_retain():
+    sp, model = split(), trained_cnn()
+    teacher = frozen_copy(model)
+    with torch.no_grad():  # make student and teacher differ
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    method = build_method("SCRUB", {"max_steps_per_round": 1, "min_steps_per_round": 1, "msteps": 1, "alpha": 0.5, "gamma": 0.7})
+    ctx = context(ref_model=teacher)
+    f, r = batch_of(sp.forget), batch_of(sp.retain, list(range(10)))
+    r2 = batch_of(sp.retain, list(range(10, 20)))
+    ctx.step = 0  # max
+    loss_max, _ = method.loss(model, {"forget": f, "retain": r}, ctx)
+    assert method.loss(model, {"forget": f, "retain": r2}, ctx)[0].item() == loss_max.item()
+    with torch.no_grad():
+        expected = -(_kl(teacher(f["pixel_values"]) / 4, model(f["pixel_values"]) / 4) * 16).mean()
+    assert loss_max.item() == pytest.approx(expected.item(), rel=1e-5)
+    ctx.step = 1  # min
+    loss_min, _ = method.loss(model, {"forget": f, "retain": r}, ctx)
+    assert method.loss(model, {"forget": batch_of(sp.forget, [0, 1]), "retain": r}, ctx)[0].item() == loss_min.item()
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(model(r["pixel_values"]), r["labels"])
+        kl = (distill_kl(model(r["pixel_values"]), teacher(r["pixel_values"]), 4.0)).mean()
+    assert loss_min.item() == pytest.approx((0.7 * ce + 0.5 * kl).item(), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- BadTeacher
+def test_bad_teacher_kl_targets():
+    sp, model = split(), trained_cnn()
+    ref = frozen_copy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    method = build_method("BadTeacher", {"temperature": 2.0, "retain_weight": 0.3, "teacher_seed": 7})
+    ctx = context(ref_model=ref)
+    method.setup(model, ctx)
+    bad = method.bad_teacher
+    assert not any(p.requires_grad for p in bad.parameters()) and not bad.training
+    assert any(not torch.equal(a, b) for a, b in zip(bad.parameters(), ref.parameters())), "the bad teacher must be re-initialised"
+    again = random_teacher(ref, 7)
+    assert all(torch.equal(a, b) for a, b in zip(bad.parameters(), again.parameters())), "seeded"
+    f, r = batch_of(sp.forget), batch_of(sp.retain, list(range(12)))
+    loss, _ = method.loss(model, {"forget": f, "retain": r}, ctx)
+    with torch.no_grad():
+        s_f, s_r = model(f["pixel_values"]) / 2, model(r["pixel_values"]) / 2
+        expected = _kl(bad(f["pixel_values"]) / 2, s_f).mean() + 0.3 * _kl(ref(r["pixel_values"]) / 2, s_r).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- LoRAUnlearner
+def test_lora_unlearner_drops_the_forget_term_below_the_threshold():
+    sp, model = split(), trained_cnn()
+    batch = {"forget": batch_of(sp.forget), "retain": batch_of(sp.retain, list(range(8)))}
+    with torch.no_grad():
+        ce_f = ADAPTER.per_sample_nll(model, batch["forget"])[0]
+        ce_r = ADAPTER.per_sample_nll(model, batch["retain"])[0].mean()
+    p_f = torch.exp(-ce_f).mean().item()
+    active = build_method("LoRAUnlearner", {"lambda_retain": 2.0, "forget_threshold": p_f / 2})
+    loss, logs = active.loss(model, batch, context())
+    assert logs["forget_term_active"] == 1.0 and logs["forget_prob"] == pytest.approx(p_f)
+    assert loss.item() == pytest.approx((2.0 * ce_r - ce_f.mean()).item(), rel=1e-5)
+    dropped = build_method("LoRAUnlearner", {"lambda_retain": 2.0, "forget_threshold": min(1.0, p_f * 2)})
+    loss, logs = dropped.loss(model, batch, context())
+    assert logs["forget_term_active"] == 0.0 and loss.item() == pytest.approx(2.0 * ce_r.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("threshold", "epochs_run"), [(1.0, 1), (0.0, 3)])
+def test_lora_unlearner_early_stops_on_the_epoch_forget_probability(threshold, epochs_run, tmp_path):
+    sp, model = split(), trained_cnn()
+    method = build_method("LoRAUnlearner", {"forget_threshold": threshold})
+    trainer = make_trainer(model, method, sp, tmp_path, max_steps=-1, num_train_epochs=3, per_device_train_batch_size=8)
+    trainer.train()
+    assert len(method.history) == epochs_run and method.stopped_early == (epochs_run < 3)
+    assert round(trainer.state.epoch) == epochs_run

@@ -1,0 +1,159 @@
+"""One-shot vision methods against independent computations: FF noise vs the Fisher, IU's
+WoodFisher IHVP vs a dense solve, SSD dampening on a hand-built case, and the warnings that
+keep a no-op from passing as success."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from obliviate.errors import ConfigError
+from obliviate.methods import build_method
+from obliviate.methods.ff import diag_fisher, fisher_noise_std, per_sample_grads
+from obliviate.methods.iu import woodfisher_ihvp
+from obliviate.methods.ssd import dampen
+
+from .vision_helpers import ADAPTER, split, trained_cnn
+
+D_IN, C = 4, 3
+
+
+def toy(n: int, seed: int, shift: float = 0.0) -> list[dict[str, torch.Tensor]]:
+    """A float64 linear-classification toy set (a list works as a map-style dataset)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D_IN, generator=g, dtype=torch.float64) + shift
+    y = torch.randint(0, C, (n,), generator=g)
+    return [{"pixel_values": x[i], "labels": y[i], "index": torch.tensor(i)} for i in range(n)]
+
+
+def toy_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(D_IN, 5), nn.Tanh(), nn.Linear(5, C)).double()
+
+
+def loop_grads(model: nn.Module, data: list[dict]) -> torch.Tensor:
+    """Per-sample CE gradients ``[n, d]`` by one backward pass per sample."""
+    rows = []
+    for item in data:
+        loss = nn.functional.cross_entropy(model(item["pixel_values"][None]), item["labels"][None])
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))]))
+    return torch.stack(rows)
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+# ----------------------------------------------------------------------------- per-sample grads / FF
+def test_per_sample_grads_match_a_loop():
+    model, data = toy_model(), toy(6, 1)
+    batch = {k: torch.stack([it[k] for it in data]) for k in data[0]}
+    grads = per_sample_grads(model, ADAPTER, batch)
+    got = torch.cat([g.reshape(6, -1) for g in grads.values()], 1)
+    assert torch.allclose(got, loop_grads(model, data), atol=1e-12)
+
+
+def test_ff_noise_scale_follows_the_inverse_fisher():
+    model, retain = toy_model(), toy(40, 2)
+    fisher = diag_fisher(model, ADAPTER, retain, batch_size=16)
+    expected_f = loop_grads(model, retain).pow(2).mean(0)
+    assert torch.allclose(flat(fisher.values()), expected_f, rtol=1e-10, atol=1e-15)
+    alpha, max_std = 1e-4, 0.05
+    method = build_method("FF", {"alpha": alpha, "max_std": max_std, "eps": 0.0, "batch_size": 16})
+    before = [p.detach().clone() for p in model.parameters()]
+    method.apply(model, toy(5, 3), retain, ADAPTER, seed=11)
+    delta = flat(p.detach() - b for p, b in zip(model.parameters(), before))
+    # the same standard normals, drawn in the same order, scaled by min(sqrt(alpha / F), max_std)
+    gen = torch.Generator().manual_seed(11)
+    z = flat(torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in before)
+    std = torch.sqrt(alpha / expected_f).clamp(max=max_std)
+    assert torch.allclose(delta, std * z, rtol=1e-9, atol=1e-15)
+    assert (std < max_std).any() and (std == max_std).any(), "the toy covers both regimes"
+    assert method.stats["clamped_fraction"] == pytest.approx(float((std >= max_std).double().mean()))
+    assert fisher_noise_std(torch.tensor([0.0, 4.0]), 1.0, 10.0, 0.0).tolist() == [10.0, 0.5]
+
+
+# ----------------------------------------------------------------------------- IU
+def test_woodfisher_recursion_equals_the_dense_solve():
+    g = torch.Generator().manual_seed(0)
+    grads, v = torch.randn(9, 6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    dense = torch.linalg.solve(0.1 * torch.eye(6, dtype=torch.float64) + grads.T @ grads / 9, v)
+    got = woodfisher_ihvp([grads[:4], grads[4:5], grads[5:]], v, 9, 0.1)
+    assert torch.allclose(got, dense, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError):
+        woodfisher_ihvp([grads[:4]], v, 9, 0.1)
+
+
+def test_iu_update_is_the_dense_influence_step_on_a_tiny_model():
+    model, forget, retain = toy_model(), toy(5, 3, shift=1.0), toy(12, 4)
+    damping, alpha = 0.05, 0.7
+    method = build_method("IU", {"damping": damping, "alpha": alpha, "batch_size": 5, "num_samples": 100})
+    g_f, g_r = loop_grads(model, forget), loop_grads(model, retain)
+    n_f, n_r = len(forget), len(retain)
+    v = n_f / (n_f + n_r) * (g_f.mean(0) - g_r.mean(0))
+    fisher = g_r.T @ g_r / n_r
+    dense = torch.linalg.solve(damping * torch.eye(len(v), dtype=torch.float64) + fisher, v)
+    assert torch.allclose(method.direction(model, forget, retain, ADAPTER, 0), dense, rtol=1e-8, atol=1e-12)
+    before = flat(p.detach().clone() for p in model.parameters())
+    method.apply(model, forget, retain, ADAPTER, 0)
+    after = flat(p.detach() for p in model.parameters())
+    assert torch.allclose(after - before, alpha * dense, rtol=1e-8, atol=1e-12)
+    assert method.stats["relative"] == pytest.approx(float((alpha * dense).norm() / before.norm()), rel=1e-6)
+
+
+def test_iu_default_moves_the_weights_and_negligible_updates_are_reported():
+    sp = split({"forget_fraction": 0.1})
+    model = trained_cnn()
+    method = build_method("IU")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default step must not be flagged as negligible
+        method.apply(model, sp.forget, sp.retain, ADAPTER, 0)
+    assert method.stats["relative"] > 1e-3 and method.stats["max_abs"] > 1e-3
+    tiny = {"alpha": 1e-9, "num_samples": 8}
+    with pytest.warns(RuntimeWarning, match="negligible"):
+        build_method("IU", tiny).apply(trained_cnn(), sp.forget, sp.retain, ADAPTER, 0)
+    with pytest.raises(ConfigError, match="negligible"):
+        build_method("IU", {**tiny, "on_negligible": "raise"}).apply(trained_cnn(), sp.forget, sp.retain, ADAPTER, 0)
+
+
+# ----------------------------------------------------------------------------- SSD
+def test_ssd_dampening_on_a_hand_built_case():
+    params = {"w": torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])}
+    imp_f = {"w": torch.tensor([1.0, 10.0, 100.0, 0.0, 8.0])}
+    imp_r = {"w": torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0])}
+    counts = dampen(params, imp_f, imp_r, alpha=5.0, lam=2.0)
+    # selected: f > 5 r -> entries 1, 2, 4; factors min(2 r / f, 1) = 0.2, 0.02, 0.25
+    assert params["w"].tolist() == pytest.approx([1.0, 0.4, 0.06, 4.0, 1.25])
+    assert counts == {"selected": 3, "dampened": 3, "total": 5}
+    capped = {"w": torch.tensor([1.0, 2.0])}
+    dampen(capped, {"w": torch.tensor([3.0, 30.0])}, {"w": torch.tensor([1.0, 1.0])}, alpha=2.0, lam=10.0)
+    assert capped["w"].tolist() == pytest.approx([1.0, 2.0 * 10 / 30])  # 10/3 > 1 is capped at 1
+
+
+def test_ssd_forgets_a_class_and_counts_what_it_dampened():
+    sp, model = split({"forget_class": 0}), trained_cnn()
+    method = build_method("SSD", {"importance": "batch", "alpha": 10.0})
+    method.apply(model, sp.forget, sp.retain, ADAPTER, 0)
+    assert method.stats["dampened"] > 0 and method.stats["selected"] >= method.stats["dampened"]
+    with torch.no_grad():
+        x = torch.stack([sp.forget[i]["pixel_values"] for i in range(len(sp.forget))])
+        acc_before = (trained_cnn()(x).argmax(-1) == 0).float().mean()
+        acc_after = (model(x).argmax(-1) == 0).float().mean()
+    assert acc_before == 1.0 and acc_after < 0.5
+
+
+def test_ssd_says_so_when_the_selection_can_never_trigger():
+    sp, model = split({"forget_fraction": 0.1}), trained_cnn()
+    state = copy.deepcopy(model.state_dict())
+    # the full set contains the forget set: with per-sample importance and alpha >= N / n_f nothing can be selected
+    method = build_method("SSD", {"reference": "full", "importance": "per_sample", "alpha": 12.0})
+    with pytest.warns(RuntimeWarning) as record:
+        method.apply(model, sp.forget, sp.retain, ADAPTER, 0)
+    messages = " ".join(str(w.message) for w in record)
+    assert "can never select" in messages and "dampened no parameter" in messages
+    assert method.stats["selected"] == 0 and method.stats["dampened"] == 0
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
