@@ -177,6 +177,10 @@ def hf_causal_lm(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
     if (Path(path) / "adapter_config.json").is_file():
         return _load_adapter_dir(Path(path), model_cfg)
     gguf_file = margs.pop("gguf_file", None)
+    if gguf_file and Path(path).is_dir() and not (Path(path) / gguf_file).is_file():
+        have = sorted(p.name for p in Path(path).glob("*.gguf"))
+        raise ConfigError(f"GGUF file '{gguf_file}' not found in '{path}' (GGUF files there: {', '.join(have) or 'none'}); "
+                          "fix model.model_args.gguf_file")
     trust = bool(margs.pop("trust_remote_code", False))
     dtype, attn = runtime_dtype_and_attn(margs.pop("torch_dtype", margs.pop("dtype", None)), margs.pop("attn_implementation", None))
     kwargs: dict[str, Any] = {k: v for k, v in margs.items() if v is not None}

@@ -60,17 +60,16 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {lineno} is not valid JSON ({exc.msg}); expected one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {lineno} is a JSON {type(row).__name__}, expected an object with fields")
-            rows.append(row)
+    for lineno, line in enumerate(_utf8_text(path).split("\n"), 1):  # not splitlines(): U+2028 may sit inside a JSON string
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {lineno} is not valid JSON ({exc.msg}); expected one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {lineno} is a JSON {type(row).__name__}, expected an object with fields")
+        rows.append(row)
     return rows
 
 
@@ -79,7 +78,15 @@ def read_text_lines(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in _utf8_text(path).splitlines() if line.strip()]
+
+
+def _utf8_text(path: Path) -> str:
+    """The file's text; a non-UTF-8 file raises :class:`DataError` naming the byte offset."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8 JSON Lines") from None
 
 
 def validate_rows(rows: list[dict[str, Any]], fields: dict[str, type], source: str) -> None:
