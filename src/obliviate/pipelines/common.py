@@ -101,9 +101,14 @@ def forget_selection(cfg: DictConfig) -> dict[str, Any]:
 
 
 def latest_checkpoint(trainer_dir: str | Path) -> str | None:
-    """The ``checkpoint-<step>`` folder with the highest step under ``trainer_dir`` (or None)."""
+    """The complete ``checkpoint-<step>`` folder with the highest step under ``trainer_dir`` (or None).
+
+    The HF Trainer writes ``trainer_state.json`` last, after model, optimizer, scheduler and RNG
+    states; a folder without it was cut short by a kill and is skipped.
+    """
     trainer_dir = Path(trainer_dir)
     if not trainer_dir.is_dir():
         return None
-    steps = [(int(p.name.split("-")[-1]), p) for p in trainer_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    steps = [(int(p.name.split("-")[-1]), p) for p in trainer_dir.glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return str(max(steps)[1]) if steps else None

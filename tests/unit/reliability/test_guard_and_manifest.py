@@ -79,3 +79,16 @@ def test_config_hash_ignores_output_paths():
     b = OmegaConf.create({"seed": 0, "paths": {"output_dir": "y"}})
     c = OmegaConf.create({"seed": 1, "paths": {"output_dir": "x"}})
     assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_latest_checkpoint_skips_a_checkpoint_cut_short(tmp_path):
+    from obliviate.pipelines.common import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path / "none") is None
+    for step, complete in ((4, True), (8, True), (12, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    assert latest_checkpoint(tmp_path).endswith("checkpoint-8")
