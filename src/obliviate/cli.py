@@ -83,6 +83,10 @@ def _llm_job(cfg: DictConfig, command: str) -> None:
         run.status = res["status"]
     rows = llm.train_rows(res) if command == "train" else llm.unlearn_rows(res)
     print(format_table(rows, llm.NLL_COLUMNS, digits=4))
+    if res.get("eval"):  # eval=tofu: the unlearned model's TOFU headline (TOFU_SUMMARY.json)
+        from obliviate.pipelines.llm_eval import EVAL_COLUMNS, eval_rows
+
+        print("\n" + format_table(eval_rows(res), EVAL_COLUMNS, digits=4))
     print(f"\nmetrics: {run_dir / 'metrics.json'}")
 
 

@@ -21,7 +21,8 @@ def run(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OBLIVIATE_DEBUG": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([OBLIVIATE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
-        raise AssertionError(f"obliviate {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"obliviate {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
     return proc
 
 
@@ -48,9 +49,10 @@ def test_eval_writes_reference_schema_files(retain_eval, workdir):
     full = json.loads((out / "TOFU_EVAL.json").read_text())
     summary = json.loads((out / "TOFU_SUMMARY.json").read_text())
     for key in ("forget_Q_A_Prob", "forget_Q_A_PARA_Prob", "forget_Q_A_PERT_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio",
-                "retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE", "ra_Truth_Ratio",
-                "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio", "extraction_strength", "exact_memorization", "mia_loss",
-                "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "forget_quality", "privleak", "model_utility"):
+                "retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE",
+                "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio", "extraction_strength",
+                "exact_memorization", "mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "forget_quality", "privleak",
+                "model_utility"):
         assert key in full and key in summary, key
     assert set(summary) == set(full)
     for key, entry in full.items():
@@ -80,8 +82,8 @@ def test_eval_writes_reference_schema_files(retain_eval, workdir):
 def test_retain_logs_give_forget_quality_and_compare_reads_it(retain_eval, workdir):
     out = workdir / "eval_seed1"
     run("eval", *FAST, "forget_split=forget01", "holdout_split=holdout01", "model.config_args.init_seed=1",
-        f"retain_logs_path={retain_eval[0] / 'TOFU_EVAL.json'}", f"paths.output_dir={out}", f"paths.cache_dir={workdir / 'cache'}",
-        cwd=workdir)
+        f"retain_logs_path={retain_eval[0] / 'TOFU_EVAL.json'}", f"paths.output_dir={out}",
+        f"paths.cache_dir={workdir / 'cache'}", cwd=workdir)
     summary = json.loads((out / "TOFU_SUMMARY.json").read_text())
     assert 0.0 <= summary["forget_quality"] <= 1.0
     full = json.loads((out / "TOFU_EVAL.json").read_text())
@@ -96,8 +98,9 @@ def test_retain_logs_give_forget_quality_and_compare_reads_it(retain_eval, workd
 
 def test_unlearn_evaluates_at_the_end_and_during_training(workdir):
     out = workdir / "unlearn"
-    run("unlearn", *FAST, "trainer=GradAscent", "eval=tofu", "eval_during_training.every_steps=2", "eval_during_training.generate=false",
-        "trainer.args.num_train_epochs=2", f"paths.output_dir={out}", f"paths.cache_dir={workdir / 'cache'}", cwd=workdir)
+    run("unlearn", *FAST, "trainer=GradAscent", "eval=tofu", "eval_during_training.every_steps=2",
+        "eval_during_training.generate=false", "trainer.args.num_train_epochs=2", f"paths.output_dir={out}",
+        f"paths.cache_dir={workdir / 'cache'}", cwd=workdir)
     full = json.loads((out / "TOFU_EVAL.json").read_text())
     assert len(full["forget_Q_A_Prob"]["value_by_index"]) == 8  # default forget10 (2 authors x 4 QA)
     assert (out / "TOFU_SUMMARY.json").is_file()
@@ -112,7 +115,7 @@ def test_unlearn_evaluates_at_the_end_and_during_training(workdir):
 
 def test_train_writes_the_retain_models_tofu_eval(workdir):
     out = workdir / "train"
-    run("train", *FAST, "eval=tofu", "train.args.max_steps=2", f"paths.output_dir={out}", f"paths.cache_dir={workdir / 'cache'}",
+    run("train", *FAST, "eval=tofu", "+train.args.max_steps=2", f"paths.output_dir={out}", f"paths.cache_dir={workdir / 'cache'}",
         cwd=workdir)
     retain = json.loads((out / "eval" / "retain" / "TOFU_EVAL.json").read_text())
     assert len(retain["forget_truth_ratio"]["value_by_index"]) == 8

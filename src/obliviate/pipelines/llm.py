@@ -5,8 +5,9 @@ to unlearn) and on ``data.retain`` (the *retain* model, the gold standard that n
 forget set). ``unlearn`` pairs the tokenised forget and retain sets, runs the registered
 method through :class:`~obliviate.engine.UnlearningTrainer`, saves the model (or its LoRA
 adapters) and writes ``metrics.json`` with the training log and the mean answer NLL of the
-forget / retain / eval sets before and after. Full TOFU metrics are computed by the eval
-command from the saved model.
+forget / retain / eval sets before and after. With ``eval=tofu`` both commands also write the
+TOFU metrics (:mod:`obliviate.pipelines.llm_eval`): ``train`` per stage into
+``eval/<stage>/``, ``unlearn`` into the run dir (and ``eval/step_<N>/`` during unlearning).
 """
 
 from __future__ import annotations
@@ -318,6 +319,11 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
     model, pruning = prepare_llm(cfg, model, forget, retain, collator)  # pruning=unlearning_prune (else no-op)
 
     model = maybe_lora(model, cfg)
+    prune_callbacks: list[Any] = []
+    if pruning is not None:  # pruning.interleave_every=N: prune further during unlearning
+        from obliviate.pipelines.prune_llm import interleave_callbacks
+
+        prune_callbacks = interleave_callbacks(cfg, model, forget, retain, collator, pruning)
     guard = DivergenceGuard(make_guard_config(cfg.get("divergence")))
     adapter = CausalLMAdapter()
     with timer() as t:
@@ -333,7 +339,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
             args = _args(cfg.trainer.args, run_dir / "trainer", seed)
             extra = {"method": method} if method is not None else {"method_args": method_args}
             trainer = trainer_cls(model, args, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(collator), guard=guard,
-                                  callbacks=list(callbacks), **extra)
+                                  callbacks=[*callbacks, *prune_callbacks], **extra)
             trainer.train(resume_from_checkpoint=latest_checkpoint(run_dir / "trainer") if cfg.get("resume") else None)
             history = trainer.state.log_history
             del trainer

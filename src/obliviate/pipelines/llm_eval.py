@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 EVALUATORS = ("TOFUEvaluator",)
 SPLIT_NAMES = ("forget", "retain", "ra", "wf", "holdout")
 #: metrics.json / console headline keys (TOFU_SUMMARY keys), in display order.
-HEADLINE_KEYS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob",
-                 "retain_Q_A_ROUGE", "privleak", "mia_min_k", "extraction_strength", "exact_memorization")
+HEADLINE_KEYS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
+                 "retain_Q_A_Prob", "retain_Q_A_ROUGE", "privleak", "mia_min_k", "extraction_strength", "exact_memorization")
 
 
 def _plain(node: Any) -> Any:
@@ -87,7 +87,8 @@ def _file(root: str, name: str) -> str:
     return f"{root}:{name}"
 
 
-def load_eval_splits(ecfg: dict[str, Any], tokenizer: Any, template_args: dict[str, Any] | None, cache_dir: str | None = None) -> tuple[dict, dict]:
+def load_eval_splits(ecfg: dict[str, Any], tokenizer: Any, template_args: dict[str, Any] | None,
+                     cache_dir: str | None = None) -> tuple[dict, dict]:
     """Tokenised TOFU evaluation samples of every split configured in ``ecfg["splits"]``.
 
     Each sample is ``{"input_ids", "labels", "answer", "index"}`` plus ``"paraphrased"`` /
@@ -115,7 +116,7 @@ def load_eval_splits(ecfg: dict[str, Any], tokenizer: Any, template_args: dict[s
             raise ConfigError(f"eval split '{split}' is unknown; TOFU splits: {', '.join(SPLIT_NAMES)}")
         path = spec.get("path") or root
         if not path:
-            raise ConfigError(f"eval split '{split}' has no data path; set eval.{ecfg.get('_name', 'tofu')}.data_path or paths.tofu")
+            raise ConfigError(f"eval split '{split}' has no data path; set eval.{ecfg.get('_name', 'tofu')}.data_path")
         qk, ak = spec.get("question_key", qkey_default), spec.get("answer_key", "answer")
         pk, tk = spec.get("paraphrased_key"), spec.get("perturbed_key")
         required = {qk: str, ak: str, **({pk: str} if pk else {}), **({tk: list} if tk else {})}
@@ -295,7 +296,7 @@ def run_eval(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]:
     paths = text_data_paths(cfg)
     model, tokenizer = load_model(cfg)
     evaluations = prepare_evaluations(cfg, tokenizer, paths)
-    result: dict[str, Any] = {"track": "llm", "command": "eval", "status": "completed", "method": None,
+    result: dict[str, Any] = {"track": "llm", "command": "eval", "status": "completed", "method": _source_method(cfg),
                               "model": _plain(cfg.model.get("model_args")), "eval": {}}
     for ev in evaluations:
         if run is not None:
@@ -305,6 +306,19 @@ def run_eval(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]:
         result.update(headline(out["summary"]))
     atomic_write_json(run_dir / "metrics.json", result)
     return result
+
+
+def _source_method(cfg: DictConfig) -> str | None:
+    """The unlearning method of the evaluated model when it is an unlearn run's ``model/`` dir."""
+    path = (cfg.model.get("model_args") or {}).get("pretrained_model_name_or_path")
+    if not path or str(path).startswith("pkg:"):
+        return None
+    metrics = Path(str(path)).expanduser().parent / "metrics.json"
+    try:
+        method = read_json(metrics).get("method") if metrics.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return method if isinstance(method, str) else None
 
 
 def eval_rows(res: dict[str, Any]) -> list[dict[str, Any]]:

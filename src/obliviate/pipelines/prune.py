@@ -166,6 +166,9 @@ def prepare_model(cfg: DictConfig, model: nn.Module, data: VisionData, run_dir: 
         state["pruning"] = {**popts, **record, "sparsity": measure_sparsity(model, include_head=include_head).sparsity}
         if evaluate is not None:
             state["pruned"] = evaluate(model)
+    elif popts and str(popts["name"]).lower() == "loraprune":
+        raise ConfigError("pruning=loraprune is a compression job: run 'obliviate prune pruning=loraprune', then unlearn with "
+                          "original_checkpoint=RUN/pruned/model.safetensors pruning=mask pruning.mask_file=RUN/pruned/mask.safetensors")
     elif popts:
         rewind_state = rewind_state_for(cfg, popts, data, seed) if str(popts["name"]).lower() == "imp" else None
         state["pruning"] = prune_model(model, popts, cfg, data, run_dir / "pruned", seed, rewind_state)
@@ -262,6 +265,15 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from obliviate.pipelines.vision import split_forget
 
         model, info = vision_unlearning_prune(model, split_forget(data, forget_selection(cfg), seed), opts, seed)
+        from obliviate.pruning import attached_masks
+
+        info["mask_file"] = str(save_masks(attached_masks(model), run_dir / "pruned" / "mask.safetensors"))
+    elif str(opts["name"]).lower() == "loraprune":  # structured conv channels (pipelines/prune_structured.py)
+        from obliviate.pipelines.prune_structured import vision_loraprune
+        from obliviate.pruning import attached_masks
+
+        model, info = vision_loraprune(model, data, opts, seed)
+        info["mask_file"] = str(save_masks(attached_masks(model), run_dir / "pruned" / "mask.safetensors"))
     else:
         info = prune_model(model, opts, cfg, data, run_dir / "pruned", seed, rewind_state)
     save_model(model, run_dir / "pruned" / "model.safetensors")

@@ -152,9 +152,8 @@ def run_loraprune(cfg: DictConfig, run_dir: Path, opts: dict[str, Any]) -> dict[
 
 
 # ----------------------------------------------------------------------------- unlearning mode
-def llm_unlearning_prune(model: nn.Module, forget: Any, retain: Any, collator: Any, opts: dict[str, Any], seed: int,
-                         eval_batch_size: int = 16) -> tuple[nn.Module, dict[str, Any]]:
-    """Dual-importance pruning of a causal LM; the safeguard is the retain answer NLL (lower is better)."""
+def _llm_parts(forget: Any, retain: Any, collator: Any, opts: dict[str, Any], seed: int, eval_batch_size: int) -> tuple[list, list, Any]:
+    """Forget/retain micro-batches and the retain-NLL safeguard metric of the LLM track."""
     import numpy as np
     from torch.utils.data import Subset
 
@@ -166,18 +165,37 @@ def llm_unlearning_prune(model: nn.Module, forget: Any, retain: Any, collator: A
     fb = take_batches(forget, collator, bs, opts.get("max_forget_batches"), seed)
     rb = retain_batches_for(fb, retain, collator, bs, float(opts.get("forget_retain_ratio", 1.0)), seed)
     n = min(int(opts.get("retain_eval_samples", 256)), len(retain))
-    rows = np.random.default_rng(seed).choice(len(retain), n, replace=False).tolist()
-    probe = Subset(retain, rows)
+    probe = Subset(retain, np.random.default_rng(seed).choice(len(retain), n, replace=False).tolist())
     probe.tokenizer = retain.tokenizer  # answer_nll builds its collator from it
 
     def retain_eval(m: nn.Module) -> float:
         vals = answer_nll(m, probe, eval_batch_size)
         return float(sum(vals) / len(vals))
 
+    return fb, rb, retain_eval
+
+
+def llm_unlearning_prune(model: nn.Module, forget: Any, retain: Any, collator: Any, opts: dict[str, Any], seed: int,
+                         eval_batch_size: int = 16) -> tuple[nn.Module, dict[str, Any]]:
+    """Dual-importance pruning of a causal LM; the safeguard is the retain answer NLL (lower is better)."""
+    fb, rb, retain_eval = _llm_parts(forget, retain, collator, opts, seed, eval_batch_size)
     model, record = dual_prune(model, fb, rb, lm_loss, opts, retain_eval, higher_is_better=False)
     record["retain_metric"]["name"] = "retain_nll"
     model.eval()
     return model, record
+
+
+def interleave_callbacks(cfg: DictConfig, model: nn.Module, forget: Any, retain: Any, collator: Any,
+                         record: dict[str, Any] | None) -> list[Any]:
+    """``pruning.interleave_every=N``: a TrainerCallback pruning further every N unlearning steps (else ``[]``)."""
+    opts = _opts(cfg)
+    every = opts.get("interleave_every")
+    if record is None or not every:
+        return []
+    from obliviate.pipelines.prune_interleave import InterleavedPruneCallback
+
+    fb, rb, retain_eval = _llm_parts(forget, retain, collator, opts, int(cfg.seed), int(cfg.get("eval_batch_size", 16)))
+    return [InterleavedPruneCallback(model, fb, rb, lm_loss, opts, record, retain_eval, higher_is_better=False)]
 
 
 def prepare_llm(cfg: DictConfig, model: nn.Module, forget: Any, retain: Any, collator: Any) -> tuple[nn.Module, dict[str, Any] | None]:
@@ -230,4 +248,4 @@ def prune_summary(res: dict[str, Any]) -> str:
     return f"loraprune: {p['n_pruned']}/{p['n_groups']} groups pruned\n" + "\n".join(lines)
 
 
-__all__ = ["latency_ms", "llm_unlearning_prune", "lm_loss", "prepare_llm", "prune_summary", "run_loraprune", "run_prune_llm"]
+__all__ = ["interleave_callbacks", "latency_ms", "llm_unlearning_prune", "lm_loss", "prepare_llm", "prune_summary", "run_loraprune", "run_prune_llm"]

@@ -106,6 +106,7 @@ def dual_prune(model: nn.Module, forget_batches: Sequence[Any], retain_batches: 
                                 higher_is_better=higher_is_better)
     record: dict[str, Any] = {"method": "unlearning_prune", **{k: getattr(cfg, k) for k in CONFIG_KEYS}}
     before = {"forget": mean_loss(model, forget_batches, loss_fn), "retain": mean_loss(model, retain_batches, loss_fn)}
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     with timer() as t:
         work = model
         if cfg.prune_metric == "lora":
@@ -123,6 +124,8 @@ def dual_prune(model: nn.Module, forget_batches: Sequence[Any], retain_batches: 
         s_f, s_r, dual = dual_sensitivity(work, forget_batches, retain_batches, loss_fn, cfg, discover_groups(work))
         if work is not model:
             model = work.unload()  # discard the scoring adapters: the pruned model is the original minus groups
+        for n, p in model.named_parameters():  # PEFT froze the base weights; the method trains them again
+            p.requires_grad_(trainable.get(n, p.requires_grad))
         masks = GroupMasks(discover_groups(model)).attach(model)
         res = unlearning_prune(model, _map_keys(dual, masks), cfg.ratio, cfg.unlearning_threshold, retain_eval=retain_eval,
                                min_retain_performance=cfg.min_retain_performance, step_size=cfg.step_size,
@@ -203,4 +206,79 @@ def vision_unlearning_prune(model: nn.Module, split: Any, opts: dict[str, Any], 
     return model, record
 
 
-__all__ = ["bake_masks", "dual_prune", "mean_loss", "retain_batches_for", "take_batches", "vision_unlearning_prune"]
+@torch.no_grad()
+def _cnn_latency_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
+    import statistics
+    import time
+
+    model.eval()
+    model(x)
+    times = []
+    for _ in range(max(int(repeats), 1)):
+        t0 = time.perf_counter()
+        model(x)
+        times.append(1000.0 * (time.perf_counter() - t0))
+    return float(statistics.median(times))
+
+
+def _cnn_snapshot(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "nonzero_params": sum(int(p.count_nonzero()) for p in model.parameters()), "latency_ms": _cnn_latency_ms(model, x, repeats)}
+
+
+def vision_loraprune(model: nn.Module, data: Any, opts: dict[str, Any], seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    """LoRAPrune of a CNN's conv output channels on ``data.train`` (``obliviate prune pruning=loraprune``).
+
+    LoRA fine-tuning with soft channel masks, LoRA-gradient importance EMA and the cubic
+    schedule, then the adapters are merged and the pruned channels are zeroed (conv weight and
+    bias, BatchNorm affine) and kept zero by element masks: CNN channels are not removed
+    physically, so the parameter count stays and ``nonzero_params`` shrinks.
+    """
+    from itertools import cycle
+
+    from torch.utils.data import DataLoader
+
+    from obliviate.data import stack_collate
+    from obliviate.models.lora import apply_lora
+    from obliviate.pruning.loraprune import LoRAPruneConfig, LoRAPruner
+
+    steps, repeats, bs = int(opts.get("steps", 60)), int(opts.get("latency_repeats", 10)), int(opts.get("batch_size", 64))
+    g = torch.Generator().manual_seed(int(seed))
+    loader = DataLoader(data.train.with_augment(data.augment_train), batch_size=bs, shuffle=True, generator=g, collate_fn=stack_collate)
+    probe = next(iter(DataLoader(data.test.with_augment(False), batch_size=bs, collate_fn=stack_collate)))["pixel_values"]
+    before = _cnn_snapshot(model, probe, repeats)
+    pcfg = LoRAPruneConfig(**{k: opts[k] for k in ("init_ratio", "target_ratio", "warmup_steps", "cooldown_steps", "prune_freq",
+                                                   "prune_metric", "mode", "beta") if opts.get(k) is not None})
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    peft = apply_lora(model, r=int(opts.get("lora_r", 8)), alpha=float(opts.get("lora_alpha", 16)))
+    if pcfg.prune_metric == "grad":
+        for prm in peft.parameters():
+            prm.requires_grad_(True)
+    pruner = LoRAPruner(peft, steps, pcfg)
+    opt = torch.optim.AdamW([q for q in peft.parameters() if q.requires_grad], lr=float(opts.get("lr", 1e-3)), weight_decay=0.0)
+    it, history = cycle(loader), []
+    peft.train()
+    with timer() as t:
+        for step in range(steps):
+            loss = _ce(peft, next(it))
+            loss.backward()
+            ratio = pruner.step(step)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if ratio is not None or step == steps - 1:
+                history.append({"step": step, "loss": float(loss.detach()), "sparsity": pruner.masks.sparsity()})
+    model = peft.merge_and_unload()
+    for n, prm in model.named_parameters():
+        prm.requires_grad_(trainable.get(n, True))
+    masks = pruner.masks.rebind(model)
+    bake_masks(model, masks)
+    model.eval()
+    after = _cnn_snapshot(model, probe, repeats)
+    pruned = masks.pruned()
+    info = {"method": "loraprune", "pruned_groups": pruned, "n_pruned": sum(len(v) for v in pruned.values()),
+            "n_groups": sum(int(v.numel()) for v in masks.keep.values()), "group_sparsity": masks.sparsity(), "history": history,
+            "removed": False, "seconds": t["s"], "original": before, "pruned": after}
+    return model, info
+
+
+__all__ = ["bake_masks", "dual_prune", "mean_loss", "retain_batches_for", "take_batches", "vision_loraprune", "vision_unlearning_prune"]
