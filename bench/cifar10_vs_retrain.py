@@ -8,8 +8,8 @@ this process. A per-class subset and a narrow CIFAR ResNet-18 keep it within CPU
 Usage::
 
     .venv/bin/python bench/cifar10_vs_retrain.py --data ../shared/data/cifar10_jpg \
-        [--train-per-class 500 --test-per-class 100 --width 16 --epochs 10 --threads 1] \
-        [--settings random,class --methods FT,GA,RL,l1_sparse,SalUn,SCRUB,SSD,IU,FF] \
+        [--train-per-class 500 --test-per-class 100 --width 16 --epochs 8 --threads 1 --augment] \
+        [--settings random,class --methods FT,GA,RL,l1_sparse,SalUn,SCRUB,SSD,IU,FF,BadTeacher,LoRAUnlearner] \
         [hydra.override=value ... | Method:hydra.override=value ...]
 
 Everything reuses ``obliviate.pipelines.vision`` (``split_forget``,
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-METHODS_DEFAULT = "FT,GA,RL,l1_sparse,SalUn,SCRUB,SSD,IU,FF"
+METHODS_DEFAULT = "FT,GA,RL,l1_sparse,SalUn,SCRUB,SSD,IU,FF,BadTeacher,LoRAUnlearner"
 COLUMNS = [("method", "method"), ("UA", "UA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA"), ("avg_gap", "Avg. Gap"),
            ("rte_s", "RTE (s)"), ("rte_ratio", "RTE / retrain"), ("dtheta", "‖Δθ‖/‖θ‖")]
 
@@ -48,7 +48,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
                    "models memorise their training set within the CPU budget, as the full-length recipes do)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--settings", default="random", help="comma list of: random (10%% random), class (forget one class)")
+    p.add_argument("--settings", default="random,class", help="comma list of: random (10%% random), class (forget one class)")
     p.add_argument("--forget-class", type=int, default=3)
     p.add_argument("--methods", default=METHODS_DEFAULT)
     p.add_argument("--reuse", action="store_true", help="load original/retrain checkpoints from --out if present")

@@ -24,7 +24,7 @@ log = logging.getLogger("obliviate")
 COMMANDS: dict[str, str] = {
     "train": "train the original model and the retrained gold-standard model",
     "unlearn": "unlearn a forget set, evaluate against original and retrained models",
-    "quickstart": "embedded demo: every vision method on digits (no downloads)",
+    "quickstart": "embedded demo: every vision method on digits; track=llm: GradDiff/NPO on tiny-llama (no downloads)",
     "eval": "TOFU evaluation of an LLM (eval=tofu): TOFU_EVAL.json, TOFU_SUMMARY.json, metrics.json",
     "prune": "prune the original model (OMP/IMP; LoRAPrune / unlearning_prune on LLMs), report the results",
     "sweep": "Optuna search over a method's hyper-parameters (configs/sweep/<name>.yaml)",
@@ -174,6 +174,18 @@ def cmd_quickstart(cfg: DictConfig) -> None:
     overrides = _user_overrides()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if _track(cfg) == "llm":  # track=llm: tiny-llama on synthetic authors (obliviate.pipelines.quickstart_llm)
+        from obliviate.errors import ConfigError
+        from obliviate.pipelines.quickstart_llm import compose_unlearn, run_quickstart_llm
+
+        if cfg.data.get("full") is None:
+            raise ConfigError("the LLM quickstart is `obliviate quickstart track=llm` (experiment llm/quickstart); "
+                              f"model '{cfg.model.get('builder')}' alone composes the vision data")
+
+        with _run(run_dir, cfg, "quickstart") as run:
+            res = run_quickstart_llm(cfg, run_dir, lambda method, extra: compose_unlearn(compose, method, overrides, extra))
+            run.status = res["status"]
+        return
 
     def compose_method(method: str, selection: dict) -> DictConfig:
         kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(("trainer", "quickstart", *SELECTION_KEYS))]
@@ -258,10 +270,6 @@ def _run_hydra(command: str, args: list[str]) -> None:
 
     def task(cfg: DictConfig) -> None:
         try:
-            if _track(cfg) != "vision" and command == "quickstart":
-                from obliviate.errors import ConfigError
-
-                raise ConfigError(f"model track '{_track(cfg)}' is not supported by '{command}' yet")
             handler(cfg)
         except ObliviateError as exc:
             if os.environ.get("OBLIVIATE_DEBUG"):
@@ -270,6 +278,8 @@ def _run_hydra(command: str, args: list[str]) -> None:
             sys.exit(2)
 
     task.__name__ = command
+    if command == "quickstart" and "track=llm" in args and not any(a.startswith("experiment=") for a in args):
+        args = ["experiment=llm/quickstart", *args]  # Hydra allows its model/data overrides only in a non-interpolated default
     sys.argv = [f"obliviate {command}", *args]
     hydra.main(config_path="configs", config_name=command, version_base="1.3")(task)()
 

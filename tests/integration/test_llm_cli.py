@@ -63,6 +63,10 @@ def test_graddiff_raises_forget_nll_more_than_retain_nll(trained, workdir):
         assert before[split] == pytest.approx(target[split], abs=1e-4)
     assert delta["forget"] == pytest.approx(after["forget"] - before["forget"])
     assert delta["forget"] > 1.0 and delta["forget"] > 2 * delta["retain"], m["nll"]
+    # top-level loss keys: mean answer NLL at the start and end of unlearning
+    for split in ("forget", "retain"):
+        assert m[f"{split}_loss_start"] == pytest.approx(before[split]) and m[f"{split}_loss_end"] == pytest.approx(after[split])
+    assert m["forget_loss_end"] > m["forget_loss_start"]
     assert m["status"] == "completed" and m["method"] == "GradDiff" and m["method_args"]["alpha"] == 1.0
     assert any("forget_loss" in h for h in m["log_history"])
     per = json.loads((out / "eval" / "nll_after.json").read_text())

@@ -106,6 +106,12 @@ def per_sample_grads(model: nn.Module, adapter: Any, batch: dict[str, Any], para
     return {n: torch.stack([r[j] for r in rows]) for j, n in enumerate(names)}
 
 
+def _grads(loss: torch.Tensor, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    """``∂loss/∂p`` for each parameter (zeros for parameters the loss does not use)."""
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(params.items(), grads)}
+
+
 class eval_mode:
     """Context manager: ``model.eval()`` inside, the previous train/eval mode restored after."""
 
@@ -143,7 +149,7 @@ def diag_fisher(model: nn.Module, adapter: Any, dataset: Dataset, *, batch_size:
                 count += len(next(iter(grads.values())))
             else:
                 loss = adapter.per_sample_nll(model, batch)[0].mean()
-                for (n, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()))):
+                for n, g in _grads(loss, params).items():
                     out[n] += g.pow(2)
                 count += 1
     if count == 0:
@@ -159,7 +165,7 @@ def mean_grad(model: nn.Module, adapter: Any, dataset: Dataset, *, batch_size: i
     with eval_mode(model):
         for batch in iter_batches(dataset, batch_size, device=model_device(model)):
             loss = adapter.per_sample_nll(model, batch)[0].sum() / n_total
-            for (n, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()))):
+            for n, g in _grads(loss, params).items():
                 out[n] += g
     return out
 
@@ -191,7 +197,8 @@ class FFConfig:
     Attributes:
         alpha: Noise scale α: the noise variance of parameter j is ``α / (F_j + eps)``.
         max_std: Clamp on the noise standard deviation (parameters with tiny Fisher would
-            otherwise get unbounded noise). The reference code uses 1e-3.
+            otherwise get unbounded noise). The reference code clamps at 1e-3, where nearly
+            every parameter of a converged model hits the clamp and the noise is uniform.
         eps: Added to the Fisher before dividing.
         num_samples: Retain samples used for the Fisher (a seeded random subset; ``None`` =
             the whole retain set).
@@ -199,7 +206,7 @@ class FFConfig:
     """
 
     alpha: float = 1e-8
-    max_std: float = 1e-3
+    max_std: float = 0.01
     eps: float = 1e-8
     num_samples: int | None = None
     batch_size: int = 64

@@ -50,7 +50,9 @@ class IUConfig:
 
     Attributes:
         alpha: Step size α of ``θ + α·H⁻¹v`` (1 = the full Newton step).
-        damping: λ of ``H = λI + F``; smaller trusts the Fisher more and moves further.
+        damping: λ of ``H = λI + F``; smaller trusts the Fisher more and moves further. Its
+            best value depends on the model's Fisher scale (0.01 on digits, 0.3 on the
+            CIFAR-10 benchmark: see the experiment presets).
         num_samples: Retain samples whose per-sample gradients build the WoodFisher (a
             seeded random subset), at most what fits in ``max_memory_mb``.
         max_memory_mb: Memory budget for the Sherman–Morrison vectors (n × d floats).
@@ -63,7 +65,7 @@ class IUConfig:
     """
 
     alpha: float = 1.0
-    damping: float = 1e-3
+    damping: float = 0.1
     num_samples: int = 1024
     max_memory_mb: float = 1024.0
     batch_size: int = 64

@@ -368,6 +368,8 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         "lora": _plain(cfg.get("lora")),
         "data": {k: _data_info(ds, cfg.data.get(k)) for k, ds in probes.items()},
         "nll": {"before": before, "after": after, "delta": {k: after[k] - before[k] for k in after}},
+        # mean answer NLL of the forget / retain sets at the start and end of unlearning
+        **{f"{k}_loss_{when}": nll.get(k) for k in ("forget", "retain") for when, nll in (("start", before), ("end", after))},
         "unlearn_time_s": t["s"],
         "model_dir": model_dir,
         "log_history": history,

@@ -112,7 +112,8 @@ def test_iu_default_moves_the_weights_and_negligible_updates_are_reported():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the default step must not be flagged as negligible
         method.apply(model, sp.forget, sp.retain, ADAPTER, 0)
-    assert method.stats["relative"] > 1e-3 and method.stats["max_abs"] > 1e-3
+    # far from the pitfall (weights moved by < 1e-6): above min_relative_change, max |Δθ| > 1e-4
+    assert method.stats["relative"] > method.cfg.min_relative_change and method.stats["max_abs"] > 1e-4
     tiny = {"alpha": 1e-9, "num_samples": 8}
     with pytest.warns(RuntimeWarning, match="negligible"):
         build_method("IU", tiny).apply(trained_cnn(), sp.forget, sp.retain, ADAPTER, 0)
