@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-retain", type=int, default=32)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on the shared 2-core box 2 threads ran ~3.7x slower; 0 = torch's default)")
     p.add_argument("--methods", default=",".join(METHODS))
     args = p.parse_args(argv)
     if args.threads:
