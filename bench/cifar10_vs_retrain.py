@@ -33,7 +33,13 @@ import torch
 
 METHODS_DEFAULT = "FT,GA,RL,l1_sparse,SalUn,SCRUB,SSD,IU,FF,BadTeacher,LoRAUnlearner"
 COLUMNS = [("method", "method"), ("UA", "UA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA"), ("avg_gap", "Avg. Gap"),
-           ("rte_s", "RTE (s)"), ("rte_ratio", "RTE / retrain"), ("dtheta", "‖Δθ‖/‖θ‖")]
+           ("rte_s", "RTE (s)"), ("rte_ratio_s", "RTE / retrain"), ("dtheta_s", "‖Δθ‖/‖θ‖")]
+
+
+def table_row(row: dict) -> dict:
+    """``row`` with the ratio and the parameter change as strings (3 decimals / 3 significant digits)."""
+    ratio, dtheta = row.get("rte_ratio"), row.get("dtheta")
+    return {**row, "rte_ratio_s": "-" if ratio is None else f"{ratio:.3f}", "dtheta_s": "-" if dtheta is None else f"{dtheta:.3g}"}
 
 
 def parse() -> tuple[argparse.Namespace, list[str]]:
@@ -138,7 +144,7 @@ def main() -> None:
                       f"gap {row['avg_gap']:6.2f} RTE {seconds:7.1f}s ({row['rte_ratio'] or float('nan'):.3f}x retrain) "
                       f"dθ {row['dtheta']:.3g} (wall {total:.1f}s)", flush=True)
             rows.append({"method": "retrain", **rm, "avg_gap": 0.0, "rte_s": retrain_time, "rte_ratio": 1.0 if retrain_time else None})
-            table = format_table(rows, COLUMNS)
+            table = format_table([table_row(r) for r in rows], COLUMNS)
             print(f"\n## {setting}: forget {len(split.forget_idx)} of {len(data.train)} training images\n\n{table}\n", flush=True)
             report["settings"][setting] = {"selection": sel, "n_forget": len(split.forget_idx), "n_retain": len(split.retain_idx),
                                            "n_test": len(data.test), "rows": rows, "table": table}

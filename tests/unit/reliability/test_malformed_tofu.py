@@ -15,7 +15,7 @@ rows = st.dictionaries(st.sampled_from(["question", "answer", "paraphrased_answe
 json_lines = st.lists(st.one_of(rows.map(json.dumps), st.text(max_size=40), values.map(json.dumps)), max_size=6)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=json_lines, name=st.sampled_from(["forget10", "forget10_perturbed", "retain90", "real_authors_perturbed", "holdout10"]),
        raw=st.binary(max_size=30))
 def test_malformed_files_give_data_error_or_valid_rows(tmp_path, lines, name, raw):

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from obliviate.data import DATASETS
-from obliviate.data.text.tofu import load_idk_answers, load_qa_rows, validate_rows
+from obliviate.data.text.tofu import field_names, load_idk_answers, load_qa_rows, validate_rows
 from obliviate.errors import ConfigError, DataError
 from obliviate.io import atomic_write_bytes
 
@@ -184,7 +184,7 @@ def _check_answers(rows: Sequence[dict[str, Any]], answer_key: str, source: str)
     """Every row's ``answer_key`` is a string or a non-empty list of strings."""
     for i, row in enumerate(rows, 1):
         if answer_key not in row:
-            raise DataError(f"{source}: row {i} has no field '{answer_key}' (it has: {', '.join(sorted(row))})")
+            raise DataError(f"{source}: row {i} has no field '{answer_key}' (it has: {field_names(row)})")
         value = row[answer_key]
         ok = isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value))
         if not ok:

@@ -89,6 +89,11 @@ def _utf8_text(path: Path) -> str:
         raise DataError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8 JSON Lines") from None
 
 
+def field_names(row: dict[str, Any]) -> str:
+    """The row's field names on one line (escaped), for error messages."""
+    return ", ".join(str(k).encode("unicode_escape").decode() for k in sorted(row)) or "none"
+
+
 def validate_rows(rows: list[dict[str, Any]], fields: dict[str, type], source: str) -> None:
     """Check that every row has ``fields`` with the right types.
 
@@ -100,7 +105,7 @@ def validate_rows(rows: list[dict[str, Any]], fields: dict[str, type], source: s
     for i, row in enumerate(rows, 1):
         for name, kind in fields.items():
             if name not in row:
-                raise DataError(f"{source}: row {i} has no field '{name}' (it has: {', '.join(sorted(row)) or 'none'})")
+                raise DataError(f"{source}: row {i} has no field '{name}' (it has: {field_names(row)})")
             value = row[name]
             if kind is list:
                 if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
