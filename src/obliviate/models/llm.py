@@ -177,6 +177,11 @@ def hf_causal_lm(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
     if (Path(path) / "adapter_config.json").is_file():
         return _load_adapter_dir(Path(path), model_cfg)
     gguf_file = margs.pop("gguf_file", None)
+    if gguf_file and Path(path).is_dir() and not (Path(path) / gguf_file).is_file() and (Path(path) / "config.json").is_file():
+        # A model saved by obliviate from a GGUF model (config.json + safetensors): the model
+        # config's gguf_file names the original download, not this directory.
+        log.info("'%s' holds a saved model (config.json), not %s: loading it without gguf_file", path, gguf_file)
+        gguf_file = None
     if gguf_file and Path(path).is_dir() and not (Path(path) / gguf_file).is_file():
         have = sorted(p.name for p in Path(path).glob("*.gguf"))
         raise ConfigError(f"GGUF file '{gguf_file}' not found in '{path}' (GGUF files there: {', '.join(have) or 'none'}); "
@@ -197,6 +202,11 @@ def hf_causal_lm(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"could not load model '{raw_path}': {str(exc).splitlines()[0]} "
                           "(offline? pass model.model_args.pretrained_model_name_or_path=LOCAL_DIR)") from None
+    if _is_gguf(model):
+        # transformers marks a GGUF-loaded model as quantized even though its weights are
+        # dequantized: Trainer then refuses full fine-tuning and save_pretrained refuses to
+        # save. A plain copy (same config and weights, no quantization marker) does both.
+        model = _plain_copy(model).eval()
     tokenizer = load_tokenizer(model_cfg.get("tokenizer_args"), path, gguf_file, trust)
     ensure_pad_token(tokenizer, model)
     return model, tokenizer
@@ -270,7 +280,8 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     config = model.config.__class__.from_dict({k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
-    fresh = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    attn = getattr(model.config, "_attn_implementation", None)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype, **({"attn_implementation": attn} if attn else {}))
     missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
     if unexpected or [k for k in missing if "rotary" not in k]:
         raise ConfigError(f"could not rebuild the GGUF model for saving: missing {missing[:3]}, unexpected {unexpected[:3]}")

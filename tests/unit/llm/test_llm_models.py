@@ -109,3 +109,39 @@ def test_lora_adapters_save_and_load_merged(tmp_path):
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     plain, _ = load_causal_lm({**TINY, "model_args": {"pretrained_model_name_or_path": str(tmp_path / "merged")}})
     assert torch.allclose(plain(ids).logits, expected, atol=1e-5)
+
+
+def test_gguf_marked_model_is_loaded_as_a_plain_trainable_model(tiny, tmp_path, monkeypatch):
+    """A GGUF load returns a model flagged as quantized (dequantized weights, quantization_config
+    gguf): hf_causal_lm rebuilds it so Trainer fine-tunes it; a saved dir loads although the
+    model config still names the GGUF file."""
+    import transformers
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    model, tok = tiny
+    save_causal_lm(model, tok, tmp_path / "plain")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.Q4.gguf").write_bytes(b"GGUF")
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def fake_gguf(path, **kwargs):
+        assert kwargs.pop("gguf_file") == "m.Q4.gguf"
+        m = real(str(tmp_path / "plain"), **kwargs)
+        m.config.quantization_config = {"quant_method": "gguf"}
+        m.is_quantized = True
+        return m
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_gguf)
+    monkeypatch.setattr("obliviate.models.llm.load_tokenizer", lambda *a, **k: tok)
+    loaded, _ = load_causal_lm({**TINY, "builder": "hf", "model_args": {"pretrained_model_name_or_path": str(tmp_path / "pkg"),
+                                                                        "gguf_file": "m.Q4.gguf"}})
+    assert not getattr(loaded, "is_quantized", False) and "quantization_config" not in loaded.config.to_dict()
+    validate_quantization_for_training(loaded)
+    ids = torch.tensor([[259, 72, 105, 257, 260]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-6)
+    monkeypatch.undo()
+    again, _ = load_causal_lm({**TINY, "builder": "hf", "model_args": {"pretrained_model_name_or_path": str(tmp_path / "plain"),
+                                                                       "gguf_file": "m.Q4.gguf"}})
+    with torch.no_grad():
+        assert torch.allclose(again(ids).logits, model(ids).logits, atol=1e-6)

@@ -61,3 +61,16 @@ def test_gguf_model_is_saved_by_rebuilding_it(smol, tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, again(ids).logits, atol=1e-4)
     assert tok2.chat_template == tok.chat_template and "quantization_config" not in again.config.to_dict()
+
+
+def test_gguf_model_trains_and_its_saved_dir_loads_with_the_gguf_config(smol, tmp_path):
+    """transformers marks a GGUF model as quantized; the loaded model must be a plain one that
+    Trainer accepts for full fine-tuning, and a saved dir loads with the config's gguf_file set."""
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    model, tok, model_cfg = smol
+    assert not getattr(model, "is_quantized", False) and "quantization_config" not in model.config.to_dict()
+    validate_quantization_for_training(model)  # raises for a quantized base model
+    save_causal_lm(model, tok, tmp_path / "smol")
+    again, _ = load_causal_lm({**model_cfg, "model_args": {**model_cfg["model_args"], "pretrained_model_name_or_path": str(tmp_path / "smol")}})
+    assert again.config.num_hidden_layers == model.config.num_hidden_layers
