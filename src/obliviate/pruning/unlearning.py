@@ -55,7 +55,10 @@ class UnlearningPruneConfig:
         forget_retain_ratio: Forget micro-batches per retain micro-batch in the sensitivity
             passes (1.0 = as many retain as forget micro-batches).
         ratio: Maximum fraction of groups pruned per group set.
-        prune_metric: "lora", "grad" or "magnitude" (magnitude cannot tell forget from retain).
+        prune_metric: "lora", "grad", "taylor" or "magnitude" (magnitude cannot tell forget from
+            retain). "taylor" scores a group by the squared first-order effect of removing it,
+            ``(dL/dg)^2`` of a gate ``g = 1`` on the group's output, summed over micro-batches
+            (Molchanov et al., CVPR 2019); no weight gradients are needed.
         step_size: Groups pruned per safeguarded step.
         higher_is_better: Direction of the retain metric returned by ``retain_eval``.
     """
@@ -80,6 +83,8 @@ class UnlearningPruneConfig:
             raise ConfigError(f"forget_retain_ratio must be > 0, got {self.forget_retain_ratio}")
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"ratio must be in [0, 1), got {self.ratio}")
+        if self.prune_metric not in ("lora", "grad", "taylor", "magnitude"):
+            raise ConfigError(f"prune_metric must be one of lora, grad, taylor, magnitude; got '{self.prune_metric}'")
         if self.step_size < 1:
             raise ConfigError(f"step_size must be >= 1, got {self.step_size}")
 
@@ -90,12 +95,82 @@ def _clear_grads(model: nn.Module) -> None:
         p.grad = None
 
 
+class _Gate:
+    """A float gate per group (all ones) multiplying the group's output; its gradient is the
+    first-order effect of removing each group: ``dL/dg_j = sum over the group's outputs``.
+
+    The gate sits where the group ends: the input columns of the ``dim=1`` member (attention
+    ``o_proj`` / MLP ``down_proj``), else the output channels of the last ``dim=0`` member (a
+    conv, or the BatchNorm after it, so a gated channel outputs exactly 0 when g = 0).
+    """
+
+    def __init__(self, gs: GroupSet, modules: dict[str, nn.Module]) -> None:
+        from obliviate.pruning.groups import base_layer
+
+        cols = [m for m in gs.members if m.dim == 1]
+        member = cols[0] if cols else [m for m in gs.members if m.dim == 0][-1]
+        self.module = modules[member.name]
+        base = base_layer(self.module)
+        size = base.weight.shape[1] if member.dim == 1 else base.weight.shape[0]
+        lookup = torch.full((size,), gs.n_groups, dtype=torch.long)  # index n_groups -> constant 1
+        for j in range(gs.n_groups):
+            lookup[member.index[j].flatten()] = j
+        self.lookup = lookup
+        self.channels_first = isinstance(base, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm))
+        self.gate = torch.ones(gs.n_groups, requires_grad=True)
+        self.grad_sq = torch.zeros(gs.n_groups)
+        hook = self._pre if member.dim == 1 else self._post
+        self.handle = (self.module.register_forward_pre_hook(hook) if member.dim == 1 else self.module.register_forward_hook(hook))
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.cat([self.gate, self.gate.new_ones(1)])[self.lookup].to(device=x.device, dtype=x.dtype)
+        return x * (f.view(1, -1, *([1] * (x.dim() - 2))) if self.channels_first else f)
+
+    def _pre(self, _module: nn.Module, args: tuple) -> tuple:
+        return (self._scale(args[0]), *args[1:])
+
+    def _post(self, _module: nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return self._scale(out)
+
+
+def taylor_pass(model: nn.Module, groups: list[GroupSet], batches: Iterable[Any], loss_fn: LossFn) -> dict[str, torch.Tensor]:
+    """Group-Taylor importance: ``sum over micro-batches of (dL_b/dg)^2`` per group.
+
+    Weight gradients are not computed (``requires_grad`` is switched off and restored), so
+    the pass never touches ``.grad`` of any parameter.
+
+    Returns:
+        ``{set key: [n_groups]}`` (each set normalised to sum 1).
+    """
+    modules = dict(model.named_modules())
+    flags = {p: p.requires_grad for p in model.parameters()}
+    gates = {gs.key: _Gate(gs, modules) for gs in groups}
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+        for batch in batches:
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"non-finite loss {float(loss)} in a sensitivity pass")
+            grads = torch.autograd.grad(loss, [g.gate for g in gates.values()], allow_unused=True)
+            for g, grad in zip(gates.values(), grads):
+                if grad is not None:
+                    g.grad_sq += grad.detach().float().pow(2)
+    finally:
+        for g in gates.values():
+            g.handle.remove()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+    return {k: g.grad_sq / g.grad_sq.sum().clamp_min(1e-30) for k, g in gates.items()}
+
+
 def sensitivity_pass(model: nn.Module, groups: list[GroupSet], batches: Iterable[Any], loss_fn: LossFn,
                      metric: str = "lora") -> dict[str, torch.Tensor]:
     """Per-group importance of one data set, accumulating gradients over ``batches``.
 
     Gradients are cleared first; the loss of each micro-batch is divided by their number
     (gradient accumulation = one large batch). The caller clears them afterwards.
+    ``metric="taylor"``: :func:`taylor_pass` (per-micro-batch squared gate gradients).
 
     Returns:
         ``{set key: [n_groups]}`` (each module's scores normalised to sum 1).
@@ -103,6 +178,8 @@ def sensitivity_pass(model: nn.Module, groups: list[GroupSet], batches: Iterable
     batches = list(batches)
     if not batches:
         raise ConfigError("sensitivity pass got no batches (empty forget or retain data)")
+    if metric == "taylor":
+        return taylor_pass(model, groups, batches, loss_fn)
     _clear_grads(model)
     for batch in batches:
         loss = loss_fn(model, batch) / len(batches)
