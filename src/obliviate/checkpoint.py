@@ -42,7 +42,17 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load weights from ``path`` into ``model``; a mismatch names the offending keys."""
+    """Load weights from ``path`` into ``model``; a mismatch names the offending keys.
+
+    A checkpoint of a CNN whose pruned channels were removed physically
+    (:func:`obliviate.pruning.physical_cnn.save_physical`) carries its module sizes: the
+    freshly built full-size ``model`` is shrunk to them first (in place).
+    """
+    from obliviate.pruning.physical_cnn import read_shapes, shrink_to
+
+    shapes = read_shapes(path)
+    if shapes:
+        shrink_to(model, shapes)
     state = load_state(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

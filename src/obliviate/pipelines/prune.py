@@ -2,7 +2,12 @@
 
 ``obliviate prune`` trains (or loads) the original model, prunes it (``pruning=omp|imp``),
 optionally fine-tunes it with the mask enforced, and writes ``pruned/model.safetensors``,
-``pruned/mask.safetensors`` and ``metrics.json`` (accuracies + *measured* sparsity).
+``pruned/mask.safetensors`` and ``metrics.json`` (accuracies + *measured* sparsity, and the
+uniform top-level keys ``params_before/after``, ``nonzero_params_before/after``,
+``wall_time_s`` and, with a forget selection such as ``forget_class=9``,
+``forget_accuracy_before/after`` and ``retain_accuracy_before/after``). A physically pruned CNN
+(``pruning=loraprune``) is also written shrunk as ``pruned/model_physical.safetensors``
+(see :func:`_save_physical`).
 
 In ``obliviate unlearn``, :func:`prepare_model` prunes and/or LoRA-wraps the copy of the
 original model before the method runs, and :func:`finalize_model` merges adapters, re-checks
@@ -20,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from obliviate.checkpoint import load_model, load_state, save_model
+from obliviate.checkpoint import load_state, save_model
 from obliviate.data import stack_collate
 from obliviate.data.vision import TensorImageDataset, VisionData
 from obliviate.engine import SupervisedTrainer
@@ -28,7 +33,7 @@ from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json
 from obliviate.models.adapters import ClassifierAdapter
 from obliviate.pipelines.common import timer, training_arguments
-from obliviate.pruning import PRUNERS, attach_masks, enforce_masks, load_masks, measure_sparsity, save_masks
+from obliviate.pruning import PRUNERS, attach_masks, enforce_masks, load_masks, measure_sparsity, prunable_weights, save_masks
 from obliviate.pruning.magnitude import RewindCapture
 
 log = logging.getLogger(__name__)
@@ -237,13 +242,18 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     opts = pruning_options(cfg)
     if not opts:
         raise ConfigError(f"obliviate prune needs a pruner: pruning=omp or pruning=imp (registered: {', '.join(PRUNERS.names())})")
+    import time
+
+    wall_start = time.perf_counter()
     seed = int(cfg.seed)
     data = load_data(cfg)
     model = build_model(cfg, data, seed)
     is_imp = str(opts["name"]).lower() == "imp"
     captured, seconds = None, None
     if cfg.get("original_checkpoint"):
-        load_model(model, cfg.original_checkpoint)
+        from obliviate.pruning.physical_cnn import load_physical
+
+        load_physical(model, cfg.original_checkpoint)  # an ordinary or a physically pruned (shrunk) checkpoint
         model.eval()
     else:
         capture = RewindCapture(int(opts.get("rewind_epoch", 0))) if is_imp else None
@@ -258,13 +268,22 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             save_model_state(captured, run_dir / "original" / f"rewind_epoch{capture.epoch}.safetensors")
     include_head = bool(opts.get("include_head", False))
     original = _accuracies(model, data, include_head)
+    from obliviate.pipelines.common import forget_selection
+
+    selection = forget_selection(cfg)
+    split = None
+    if selection:
+        from obliviate.pipelines.vision import split_forget
+
+        split = split_forget(data, selection, seed)
+    counts_before, fr_before = _param_counts(model), _forget_retain(model, split)
     rewind_state = rewind_state_for(cfg, opts, data, seed, captured) if is_imp else None
+    physical: dict[str, Any] = {}
     if str(opts["name"]).lower() == "unlearning_prune":  # forget/retain = the configured forget selection
-        from obliviate.pipelines.common import forget_selection
         from obliviate.pipelines.prune_structured import vision_unlearning_prune
         from obliviate.pipelines.vision import split_forget
 
-        model, info = vision_unlearning_prune(model, split_forget(data, forget_selection(cfg), seed), opts, seed)
+        model, info = vision_unlearning_prune(model, split if split is not None else split_forget(data, selection, seed), opts, seed)
         from obliviate.pruning import attached_masks
 
         info["mask_file"] = str(save_masks(attached_masks(model), run_dir / "pruned" / "mask.safetensors"))
@@ -273,15 +292,77 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from obliviate.pruning import attached_masks
 
         model, info = vision_loraprune(model, data, opts, seed)
-        info["mask_file"] = str(save_masks(attached_masks(model), run_dir / "pruned" / "mask.safetensors"))
+        removal = info.get("removal") or {}
+        if removal.get("removed"):
+            physical = _save_physical(model, removal, run_dir / "pruned", include_head)
+            info["removal"] = {k: v for k, v in removal.items() if k != "kept"}  # kept indices: pruned/physical.json
+            info["mask_file"] = physical["mask_file"]
+        else:
+            info["mask_file"] = str(save_masks(attached_masks(model), run_dir / "pruned" / "mask.safetensors"))
     else:
         info = prune_model(model, opts, cfg, data, run_dir / "pruned", seed, rewind_state)
-    save_model(model, run_dir / "pruned" / "model.safetensors")
+    if not physical:
+        save_model(model, run_dir / "pruned" / "model.safetensors")
     pruned = _accuracies(model, data, include_head)
+    if physical:  # sparsity of the full-size equivalent (model_file) vs of the shrunk model itself
+        pruned["sparsity_physical"], pruned["sparsity"] = pruned["sparsity"], physical["full_size_sparsity"]
+    counts_after, fr_after = _param_counts(model), _forget_retain(model, split)
     result = {"track": "vision", "pruning": {**opts, **info}, "original": {**original, "train_time_s": seconds}, "pruned": pruned,
-              "model_file": str(run_dir / "pruned" / "model.safetensors")}
+              "model_file": str(run_dir / "pruned" / "model.safetensors"),
+              **{f"{k}_before": v for k, v in counts_before.items()}, **{f"{k}_after": v for k, v in counts_after.items()},
+              **{f"{k}_before": v for k, v in fr_before.items()}, **{f"{k}_after": v for k, v in fr_after.items()},
+              "forget_selection": selection or None}
+    if physical:
+        result.update({"physical_model_file": physical["model_file"], "physical_mask_file": physical["physical_mask_file"]})
+    result["wall_time_s"] = time.perf_counter() - wall_start
     atomic_write_json(run_dir / "metrics.json", result)
     return result
+
+
+def _param_counts(model: nn.Module) -> dict[str, int]:
+    """``params`` and ``nonzero_params`` (exact non-zeros over all parameters)."""
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "nonzero_params": sum(int(p.detach().count_nonzero()) for p in model.parameters())}
+
+
+def _forget_retain(model: nn.Module, split: Any) -> dict[str, float]:
+    """Forget/retain accuracy (%) of ``model`` on the run's forget selection (``{}`` without one)."""
+    if split is None:
+        return {}
+    from obliviate.metrics.classification import accuracy
+    from obliviate.pipelines.vision import predict
+
+    f, r = predict(model, split.forget), predict(model, split.retain)
+    return {"forget_accuracy": accuracy(f["pred"], f["label"]), "retain_accuracy": accuracy(r["pred"], r["label"])}
+
+
+def _save_physical(model: nn.Module, removal: dict[str, Any], out_dir: Path, include_head: bool = False) -> dict[str, Any]:
+    """Save a physically pruned CNN twice: shrunk and as the equivalent full-size checkpoint.
+
+    ``model_physical.safetensors`` (+ ``mask_physical.safetensors``) hold the shrunk model, with
+    the new module sizes in the safetensors metadata (:func:`~obliviate.pruning.physical_cnn.load_physical`
+    rebuilds a freshly built model to them). ``model.safetensors`` / ``mask.safetensors`` hold the
+    full-size equivalent (removed channels are zero weights and pruned mask entries), so the
+    documented ``original_checkpoint=RUN/pruned/model.safetensors pruning=mask`` workflow, which
+    builds the configured full-size architecture, keeps working. ``physical.json`` is the removal report.
+    Returns the file names and ``full_size_sparsity`` (measured sparsity of the full-size equivalent).
+    """
+    from obliviate.pruning import attached_masks
+    from obliviate.pruning.physical_cnn import expand_state_dict, save_physical
+
+    physical = save_physical(model, removal, out_dir / "model_physical.safetensors")
+    shrunk_masks = attached_masks(model)
+    physical_masks = save_masks(shrunk_masks, out_dir / "mask_physical.safetensors")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    full_state = expand_state_dict(state, removal)
+    save_model_state(full_state, out_dir / "model.safetensors")
+    full_masks = save_masks(expand_state_dict(shrunk_masks, removal), out_dir / "mask.safetensors")
+    atomic_write_json(out_dir / "physical.json", removal)
+    names = list(prunable_weights(model, include_head=include_head))  # same names in the full-size model
+    total = sum(full_state[n].numel() for n in names)
+    zeros = sum(int(full_state[n].numel() - full_state[n].count_nonzero()) for n in names)
+    return {"model_file": str(physical), "physical_mask_file": str(physical_masks), "mask_file": str(full_masks),
+            "full_size_sparsity": zeros / total if total else 0.0}
 
 
 def save_model_state(state: dict, path: Path) -> Path:

@@ -8,6 +8,12 @@ pruned heads/channels (local mode), ``save_pretrained`` to ``pruned/``. metrics.
 parameter count, latency (median forward time of one fixed batch, same process) and
 training-data NLL before and after.
 
+Every run's metrics.json also carries the uniform top-level keys ``params_before/after``,
+``nonzero_params_before/after``, ``wall_time_s`` and, with a forget set (``data.forget``),
+``forget_loss_before/after`` (+ ``retain_loss_before/after`` with ``data.retain``): mean
+answer-token NLL on the forget/retain micro-batches (loraprune: up to ``pruning.eval_batches``
+= 8 batches; unlearning_prune: the sensitivity batches, as in ``pruning.loss``).
+
 ``pruning=unlearning_prune``: dual-importance pruning on ``data.forget`` / ``data.retain``
 (:func:`~obliviate.pipelines.prune_structured.dual_prune`) with the retain-NLL safeguard;
 pruned groups are zeroed in the weights (reloadable, same shapes) and stay zero in later
@@ -69,7 +75,8 @@ def latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 
 def _snapshot(model: nn.Module, batches: list, probe: dict, repeats: int) -> dict[str, float]:
     from obliviate.pipelines.prune_structured import mean_loss
 
-    return {"params": n_params(model), "latency_ms": latency_ms(model, probe, repeats), "train_nll": mean_loss(model, batches, lm_loss)}
+    return {"params": n_params(model), "nonzero_params": sum(int(p.detach().count_nonzero()) for p in model.parameters()),
+            "latency_ms": latency_ms(model, probe, repeats), "train_nll": mean_loss(model, batches, lm_loss)}
 
 
 def _load(cfg: DictConfig) -> tuple[nn.Module, Any, dict[str, Any], Any]:
@@ -103,6 +110,8 @@ def run_loraprune(cfg: DictConfig, run_dir: Path, opts: dict[str, Any]) -> dict[
     batches = take_batches(train, collator, bs, None, seed)
     probe = batches[0]
     before = _snapshot(model, batches, probe, repeats)
+    fr_batches = _forget_retain_batches(data, collator, opts, seed)
+    fr_before = _forget_retain_loss(model, fr_batches)
     pcfg = LoRAPruneConfig(**{k: opts[k] for k in ("init_ratio", "target_ratio", "warmup_steps", "cooldown_steps", "prune_freq",
                                                    "prune_metric", "mode", "beta") if opts.get(k) is not None})
     peft = apply_lora(model, r=int(opts.get("lora_r", 8)), alpha=float(opts.get("lora_alpha", 16)))
@@ -135,6 +144,7 @@ def run_loraprune(cfg: DictConfig, run_dir: Path, opts: dict[str, Any]) -> dict[
 
         bake_masks(model, masks)
     after = _snapshot(model, batches, probe, repeats)
+    fr_after = _forget_retain_loss(model, fr_batches)
     out_dir = run_dir / "pruned"
     reloadable = pcfg.mode == "local" or not removal["removed"] or removal.get("uniform", False)
     if reloadable:
@@ -148,7 +158,30 @@ def run_loraprune(cfg: DictConfig, run_dir: Path, opts: dict[str, Any]) -> dict[
                         **{k: v for k, v in removal.items() if k != "per_layer"}, "kept_per_layer": removal.get("per_layer")},
             "original": before, "pruned": after,
             "ratios": {"params": after["params"] / before["params"], "latency": after["latency_ms"] / max(before["latency_ms"], 1e-9)},
-            "n_train": len(train), "model_dir": str(out_dir) if reloadable else None}
+            "n_train": len(train), "model_dir": str(out_dir) if reloadable else None,
+            **{f"{k}_before": v for k, v in fr_before.items()}, **{f"{k}_after": v for k, v in fr_after.items()}}
+
+
+def _forget_retain_batches(data: dict[str, Any], collator: Any, opts: dict[str, Any], seed: int) -> dict[str, list]:
+    """Up to ``pruning.eval_batches`` (8) micro-batches of data.forget / data.retain (``{}`` without a forget set)."""
+    if data.get("forget") is None:
+        return {}
+    bs, limit = int(opts.get("batch_size", 8)), int(opts.get("eval_batches", 8))
+    out = {"forget": take_batches(data["forget"], collator, bs, limit, seed)}
+    if data.get("retain") is not None:
+        out["retain"] = take_batches(data["retain"], collator, bs, limit, seed + 1)
+    return out
+
+
+def _forget_retain_loss(model: nn.Module, batches: dict[str, list]) -> dict[str, float]:
+    """``{"forget_loss", "retain_loss"}``: mean answer NLL on the batches of :func:`_forget_retain_batches`."""
+    from obliviate.pipelines.prune_structured import mean_loss
+
+    return {f"{k}_loss": mean_loss(model, b, lm_loss) for k, b in batches.items()}
+
+
+def _counts(model: nn.Module) -> dict[str, int]:
+    return {"params": n_params(model), "nonzero_params": sum(int(p.detach().count_nonzero()) for p in model.parameters())}
 
 
 # ----------------------------------------------------------------------------- unlearning mode
@@ -215,8 +248,13 @@ def run_prune_llm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     opts = _opts(cfg)
     name = str(opts.get("name", "none")).lower()
+    start = time.perf_counter()
     if name == "loraprune":
         result = run_loraprune(cfg, run_dir, opts)
+        result["params_before"], result["params_after"] = result["original"]["params"], result["pruned"]["params"]
+        if "nonzero_params" in result["pruned"]:
+            result["nonzero_params_before"] = result["original"]["nonzero_params"]
+            result["nonzero_params_after"] = result["pruned"]["nonzero_params"]
     elif name == "unlearning_prune":
         model, tokenizer, data, collator = _load(cfg)
         if data["forget"] is None:
@@ -224,13 +262,19 @@ def run_prune_llm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from obliviate.pipelines.llm import check_forget_retain
 
         check_forget_retain(data["forget"], data["retain"])
+        counts_before = _counts(model)
         model, record = llm_unlearning_prune(model, data["forget"], data["retain"], collator, opts, int(cfg.seed),
                                              int(cfg.get("eval_batch_size", 16)))
+        counts_after = _counts(model)
         save_causal_lm(model, tokenizer, run_dir / "pruned")
+        loss = record["loss"]  # mean answer NLL on the sensitivity micro-batches, before/after pruning
         result = {"track": "llm", "command": "prune", "status": "completed", "pruning": {**opts, **record},
-                  "model_dir": str(run_dir / "pruned")}
+                  "model_dir": str(run_dir / "pruned"),
+                  **{f"{k}_before": v for k, v in counts_before.items()}, **{f"{k}_after": v for k, v in counts_after.items()},
+                  **{f"{k}_loss_{when}": loss[when][k] for k in ("forget", "retain") for when in ("before", "after")}}
     else:
         raise ConfigError(f"obliviate prune on the LLM track supports pruning=loraprune or pruning=unlearning_prune, got '{name}'")
+    result["wall_time_s"] = time.perf_counter() - start
     atomic_write_json(run_dir / "metrics.json", result)
     return result
 

@@ -6,6 +6,8 @@ and retain sensitivity passes, :func:`~obliviate.pruning.unlearning.unlearning_p
 retain safeguard, then the pruned groups are *baked* into the weights (zeroed rows/columns,
 conv bias and BatchNorm affine) and kept zero by element masks (so later training, LoRA merges
 and ``save_pretrained`` keep them pruned). The LoRA adapters used for scoring are discarded.
+:func:`vision_loraprune` (compression) additionally removes pruned conv channels physically
+where safe (:mod:`obliviate.pruning.physical_cnn`).
 :func:`vision_unlearning_prune` is the vision-track entry (``obliviate unlearn ... pruning=unlearning_prune``).
 """
 
@@ -231,8 +233,21 @@ def vision_loraprune(model: nn.Module, data: Any, opts: dict[str, Any], seed: in
 
     LoRA fine-tuning with soft channel masks, LoRA-gradient importance EMA and the cubic
     schedule, then the adapters are merged and the pruned channels are zeroed (conv weight and
-    bias, BatchNorm affine) and kept zero by element masks: CNN channels are not removed
-    physically, so the parameter count stays and ``nonzero_params`` shrinks.
+    bias, BatchNorm affine) and kept zero by element masks (:func:`bake_masks`). Then, unless
+    ``pruning.remove=false``, the pruned channels are **removed physically** where that is safe
+    (:func:`~obliviate.pruning.physical_cnn.remove_conv_channels`): smaller convs, sliced
+    BatchNorms and consumers (next conv's input channels, the Linear after a flatten), so the
+    parameter count and latency drop. Channels feeding a residual addition (ResNet blocks'
+    ``bn2`` / shortcut outputs, the stem), a concatenation or a grouped conv stay zeroed and
+    masked. The element masks and soft group masks are re-attached with the new shapes.
+
+    Returns:
+        ``(model, info)``; ``info["removed"]`` is True when any channel was removed and
+        ``info["removal"]`` is the removal report (``removed_sets``, ``skipped_sets`` with the
+        reasons, ``params_before`` / ``params_after``, the new module sizes ``shapes`` and
+        the kept indices ``kept``, see :func:`~obliviate.pruning.physical_cnn.expand_state_dict`).
+        ``info["original"]`` / ``info["pruned"]`` are the params / nonzero params / latency
+        snapshots of the model before and after (after removal).
     """
     from itertools import cycle
 
@@ -272,12 +287,20 @@ def vision_loraprune(model: nn.Module, data: Any, opts: dict[str, Any], seed: in
         prm.requires_grad_(trainable.get(n, True))
     masks = pruner.masks.rebind(model)
     bake_masks(model, masks)
+    pruned = masks.pruned()  # before removal: removed sets leave the soft masks
+    n_groups, group_sparsity = sum(int(v.numel()) for v in masks.keep.values()), masks.sparsity()
+    removal: dict[str, Any] = {"removed": False}
+    if opts.get("remove", True):
+        from obliviate.pruning.physical_cnn import remove_conv_channels
+
+        removal = remove_conv_channels(model, masks)
+        for key, reason in removal["skipped_sets"].items():
+            log.info("conv channels of '%s' kept zeroed and masked, not removed: %s", key, reason)
     model.eval()
     after = _cnn_snapshot(model, probe, repeats)
-    pruned = masks.pruned()
     info = {"method": "loraprune", "pruned_groups": pruned, "n_pruned": sum(len(v) for v in pruned.values()),
-            "n_groups": sum(int(v.numel()) for v in masks.keep.values()), "group_sparsity": masks.sparsity(), "history": history,
-            "removed": False, "seconds": t["s"], "original": before, "pruned": after}
+            "n_groups": n_groups, "group_sparsity": group_sparsity, "history": history,
+            "removed": bool(removal["removed"]), "removal": removal, "seconds": t["s"], "original": before, "pruned": after}
     return model, info
 
 

@@ -21,8 +21,9 @@ children is a decoder layer):
 
 **CNNs**: one group = one output channel of an ``nn.Conv2d`` (plus the channel of a
 ``BatchNorm2d`` registered right after it, masked on its output so its shift cannot revive
-the channel). Physical removal is implemented for HF decoders only (CNN channels feed
-arbitrary consumers, e.g. residual adds); CNN groups are pruned with soft masks.
+the channel). Physical removal here is for HF decoders; CNN channels are removed by
+:func:`obliviate.pruning.physical_cnn.remove_conv_channels` where their consumers allow it
+(not for channels feeding residual adds, which stay zeroed under soft masks).
 
 **Soft masks** (:class:`GroupMasks`) are forward hooks: row members have their *output*
 channels multiplied by the mask (this also masks biases and the LoRA delta of a PEFT layer),
@@ -329,7 +330,7 @@ def remove_pruned_groups(model: nn.Module, masks: GroupMasks, *, allow_nonunifor
     Raises:
         ConfigError: A member is still a PEFT LoRA layer (merge first), a set would keep no
             group, layers would differ in width without ``allow_nonuniform``, or the groups
-            are CNN channels (not supported).
+            are CNN channels (use physical_cnn.remove_conv_channels).
     """
     widths: dict[str, set[int]] = {}
     for key, gs in masks.groups.items():
@@ -343,7 +344,8 @@ def remove_pruned_groups(model: nn.Module, masks: GroupMasks, *, allow_nonunifor
     kept: dict[str, int] = {}
     for key, gs in masks.groups.items():
         if gs.kind == "conv":
-            raise ConfigError("physical removal of CNN channels is not supported; keep the soft masks (GroupMasks)")
+            raise ConfigError("remove_pruned_groups is for HF decoders; remove CNN channels with "
+                              "obliviate.pruning.physical_cnn.remove_conv_channels(model, masks)")
         keep = masks.keep[key]
         if not bool(keep.any()):
             raise ConfigError(f"group set '{key}' would keep no group; lower the pruning ratio")
