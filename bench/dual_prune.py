@@ -90,6 +90,7 @@ def scores_for(ranking: str, model: nn.Module, fb: list, rb: list, loss_fn: Call
     if ranking == "dual (lora)":
         from obliviate.models.lora import apply_lora
 
+        torch.manual_seed(seed)  # LoRA A init
         work = apply_lora(copy.deepcopy(model), r=8, alpha=16)
         mixed = [b for pair in zip(fb, rb) for b in pair]
         lora_warmup(work, mixed, loss_fn, steps=10, lr=1e-3)
@@ -130,6 +131,17 @@ def curves(model: nn.Module, fb: list, rb: list, loss_fn: Callable, evaluate: Ca
         out["rankings"][ranking] = {"points": points, "seconds": time.perf_counter() - t0}
         print(f"[{label}] {ranking:<12} " + "  ".join(f"{p['ratio']:.2f}: f {p['forget']:.3f} r {p['retain']:.3f}" for p in points), flush=True)
     return out
+
+
+def forget_at_retain(points: list[dict[str, Any]], level: float) -> float | None:
+    """Forget value where the curve's retain value first falls to ``level`` (linear interpolation
+    between the two ratios around it); None if retain never falls that far."""
+    pts = sorted(points, key=lambda p: p["ratio"])
+    for a, b in zip(pts, pts[1:]):
+        if a["retain"] >= level > b["retain"]:
+            t = (a["retain"] - level) / (a["retain"] - b["retain"])
+            return a["forget"] + t * (b["forget"] - a["forget"])
+    return None
 
 
 def best_under_floor(res: dict[str, Any], floor: float) -> dict[str, Any]:
@@ -231,10 +243,14 @@ def markdown(results: dict[str, Any], floor: float) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{p['forget']:.3f} / {p['retain']:.3f}" for p in info["points"]) + " |")
         lines.append(f"\ncells: forget / retain {res['metric']} after pruning that fraction of the groups of every set "
                      f"(unpruned: {res['unpruned']['forget']:.3f} / {res['unpruned']['retain']:.3f}).\n")
-        lines.append(f"Lowest forget {res['metric']} with retain >= {floor:g} x unpruned:\n")
-        lines.append("| ranking | ratio | forget | retain |\n|---|---:|---:|---:|")
+        level = floor * res["unpruned"]["retain"]
+        lines.append(f"At equal retain performance: forget {res['metric']} where retain falls to {floor:g} x unpruned "
+                     f"({level:.3f}, interpolated between ratios), and the lowest forget value measured with retain >= that:\n")
+        lines.append("| ranking | forget at equal retain | lowest forget (ratio, retain) |\n|---|---:|---:|")
         for name, best in best_under_floor(res, floor).items():
-            lines.append(f"| {name} | {best['ratio']:g} | {best['forget']:.3f} | {best['retain']:.3f} |" if best else f"| {name} | - | - | - |")
+            at = forget_at_retain(res["rankings"][name]["points"], level)
+            low = f"{best['forget']:.3f} ({best['ratio']:g}, {best['retain']:.3f})" if best else "-"
+            lines.append(f"| {name} | {'-' if at is None else f'{at:.3f}'} | {low} |")
         lines.append("")
     return "\n".join(lines)
 
