@@ -189,6 +189,16 @@ def sensitivity_pass(model: nn.Module, groups: list[GroupSet], batches: Iterable
     return group_importance(model, groups, metric)
 
 
+def _scoring_mode(model: nn.Module) -> None:
+    """Eval mode (no dropout, BatchNorm running statistics), except that layers with gradient
+    checkpointing enabled (HF ``GradientCheckpointingLayer``: active only in train mode) keep
+    checkpointing, so the sensitivity passes need no more activation memory than training."""
+    model.eval()
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False) is True:
+            module.training = True  # this module only; its dropout/attention children stay in eval
+
+
 def dual_sensitivity(model: nn.Module, forget_batches: Sequence[Any], retain_batches: Sequence[Any], loss_fn: LossFn,
                      cfg: UnlearningPruneConfig | None = None, groups: list[GroupSet] | None = None,
                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -217,7 +227,7 @@ def dual_sensitivity(model: nn.Module, forget_batches: Sequence[Any], retain_bat
     retain = list(islice(cycle(retain_all), n_retain))
     stash = {p: p.grad for p in model.parameters()}
     was_training = model.training
-    model.eval()
+    _scoring_mode(model)
     try:
         s_f = sensitivity_pass(model, groups, forget, loss_fn, cfg.prune_metric)
         _clear_grads(model)  # forget gradients must not leak into the retain pass
