@@ -203,6 +203,11 @@ class FFConfig:
         num_samples: Retain samples used for the Fisher (a seeded random subset; ``None`` =
             the whole retain set).
         batch_size: Batch size of the per-sample gradient passes.
+        forget_class_reset: When every forget sample has the same label ``c`` (class-wise
+            forgetting), also resample the classifier row of ``c`` around 0 (weights
+            ``N(0, 0.01²)``, bias 0), as Golatkar et al.'s implementation does (``mu[c] = 0,
+            var[c] = 1e-4`` on the output layer); without it, noise alone rarely removes a
+            whole class. Ignored for non-class-wise forget sets.
     """
 
     alpha: float = 1e-8
@@ -210,6 +215,29 @@ class FFConfig:
     eps: float = 1e-8
     num_samples: int | None = None
     batch_size: int = 64
+    forget_class_reset: bool = True
+
+
+def single_forget_class(forget_ds: Dataset) -> int | None:
+    """The label shared by every forget sample, or None (mixed labels / no labels)."""
+    labels = getattr(forget_ds, "labels", None)
+    if labels is None:
+        try:
+            labels = [int(forget_ds[i]["labels"]) for i in range(len(forget_ds))]  # type: ignore[arg-type,index]
+        except (KeyError, TypeError, IndexError):
+            return None
+    values = {int(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)}
+    return values.pop() if len(values) == 1 else None
+
+
+def classifier_head(model: nn.Module, num_classes: int) -> nn.Linear | None:
+    """The last ``nn.Linear`` with ``num_classes`` outputs (timm ``get_classifier()`` first)."""
+    getter = getattr(model, "get_classifier", None)
+    head = getter() if callable(getter) else None
+    if isinstance(head, nn.Linear) and head.out_features == num_classes:
+        return head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    return linears[-1] if linears else None
 
 
 def fisher_noise_std(fisher: torch.Tensor, alpha: float, max_std: float, eps: float) -> torch.Tensor:
@@ -245,6 +273,21 @@ class FisherForgetting(UnlearningMethod):
             total += p.numel()
         return clamped, total
 
+    @torch.no_grad()
+    def _reset_forget_class(self, model: nn.Module, forget_ds: Dataset, adapter: Any, seed: int) -> int | None:
+        """Golatkar's output-layer treatment for class-wise forgetting; returns the class or None."""
+        c = single_forget_class(forget_ds)
+        num_classes = getattr(adapter, "num_classes", None)
+        head = classifier_head(model, int(num_classes)) if c is not None and num_classes else None
+        if head is None:
+            return None
+        gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
+        head.weight[c] = (0.01 * torch.randn(head.weight.shape[1:], generator=gen)).to(head.weight)
+        if head.bias is not None:
+            head.bias[c] = 0.0
+        log.info("FF: forget set is class %d: its classifier row resampled around 0 (forget_class_reset)", c)
+        return c
+
     def apply(self, model: nn.Module, forget_ds: Dataset, retain_ds: Dataset, adapter: Any, seed: int) -> nn.Module:
         """Add Fisher-scaled noise to ``model`` in place and return it."""
         if retain_ds is None or len(retain_ds) == 0:  # type: ignore[arg-type]
@@ -252,7 +295,9 @@ class FisherForgetting(UnlearningMethod):
         fisher = diag_fisher(model, adapter, retain_ds, batch_size=self.cfg.batch_size, num_samples=self.cfg.num_samples, seed=seed)
         before = snapshot(model)
         clamped, total = self._add_noise(model, fisher, seed)
-        self.stats = {**change_stats(before, model), "clamped_fraction": clamped / max(total, 1)}
+        reset = self._reset_forget_class(model, forget_ds, adapter, seed) if self.cfg.forget_class_reset else None
+        self.stats = {**change_stats(before, model), "clamped_fraction": clamped / max(total, 1),
+                      "forget_class_reset": -1 if reset is None else reset}
         log.info("FF: added noise to %d parameters (%.1f%% at the max_std clamp); relative change %.3g, max |Δθ| %.3g",
                  total, 100 * self.stats["clamped_fraction"], self.stats["relative"], self.stats["max_abs"])
         if self.stats["clamped_fraction"] > 0.99:

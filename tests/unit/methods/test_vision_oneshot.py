@@ -77,6 +77,31 @@ def test_ff_noise_scale_follows_the_inverse_fisher():
     assert fisher_noise_std(torch.tensor([0.0, 4.0]), 1.0, 10.0, 0.0).tolist() == [10.0, 0.5]
 
 
+def test_ff_class_wise_forget_set_resamples_that_classifier_row():
+    from obliviate.methods.ff import classifier_head, single_forget_class
+    from obliviate.models.adapters import ClassifierAdapter
+
+    adapter = ClassifierAdapter(C)
+    model, retain = toy_model(), toy(40, 2)
+    head = model[2]
+    assert classifier_head(model, C) is head and classifier_head(model, C + 7) is None
+    forget = [dict(it, labels=torch.tensor(1)) for it in toy(5, 3)]  # every forget sample is class 1
+    assert single_forget_class(forget) == 1 and single_forget_class(toy(40, 2)) is None
+    before = copy.deepcopy(model)
+    method = build_method("FF", {"alpha": 1e-4, "max_std": 0.05, "eps": 0.0, "batch_size": 16})
+    method.apply(model, forget, retain, adapter, seed=11)
+    assert method.stats["forget_class_reset"] == 1
+    assert float(head.bias[1]) == 0.0 and float(head.weight[1].abs().max()) < 0.05  # N(0, 0.01^2) row
+    assert float((head.weight[1] - before[2].weight[1]).abs().max()) > 0.05  # the old row is gone
+    others = [r for r in range(C) if r != 1]
+    assert float((head.weight[others] - before[2].weight[others]).abs().max()) <= 0.05 * 6  # noise only (< 6 sigma)
+    # disabled: only the Fisher noise, bit-identical to the run without a class-wise set
+    plain, off = toy_model(), build_method("FF", {"alpha": 1e-4, "max_std": 0.05, "eps": 0.0, "batch_size": 16,
+                                                    "forget_class_reset": False})
+    off.apply(plain, forget, retain, adapter, seed=11)
+    assert off.stats["forget_class_reset"] == -1 and torch.equal(plain[2].weight[others], head.weight[others])
+
+
 # ----------------------------------------------------------------------------- IU
 def test_woodfisher_recursion_equals_the_dense_solve():
     g = torch.Generator().manual_seed(0)
