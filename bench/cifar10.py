@@ -69,6 +69,11 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--full", action="store_true", help="the papers' setting: all images, width-64 ResNet-18, 182 epochs, "
                    "augmentation (GPU-sized)")
     p.add_argument("--reuse", action="store_true", help="load original/retrain checkpoints from --out if present")
+    p.add_argument("--resume", action="store_true", help="--reuse, and keep the method rows of <out>/results.json "
+                   "(methods of --redo are run again)")
+    p.add_argument("--redo", default="", help="comma list of methods to run again under --resume")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank of LoRAUnlearner (seed 004 trains LoRA adapters only)")
+    p.add_argument("--lora-alpha", type=float, default=41, help="LoRA alpha of LoRAUnlearner (seed 004's example value)")
     return p.parse_known_args()
 
 
@@ -83,6 +88,7 @@ def relative_change(before: torch.nn.Module, after: torch.nn.Module) -> float:
 
 def main() -> None:
     args, overrides = parse()
+    args.reuse = args.reuse or args.resume
     if args.full:
         args.train_per_class, args.test_per_class, args.width, args.augment = 5000, 1000, 64, True
         args.epochs = max(args.epochs, 182)
@@ -126,6 +132,8 @@ def main() -> None:
           f"ResNet-18 (CIFAR stem) width {args.width}; original/retrain {args.epochs:g} epochs "
           f"({'with' if args.augment else 'without'} augmentation); torch threads {args.threads}; methods {','.join(methods)}", flush=True)
     markdown = [f"command: `{report['command']}`\n"]
+    previous = json.loads((Path(args.out) / "results.json").read_text()) if args.resume and (Path(args.out) / "results.json").is_file() else {}
+    redo = {m for m in args.redo.split(",") if m}
     with initialize_config_module("obliviate.configs", version_base="1.3"):
         base = compose(config_name="unlearn", overrides=[*base_overrides, *common])
         data = vision.load_data(base)
@@ -180,7 +188,12 @@ def main() -> None:
                     rows = [{"method": f"original + OMP {args.omp_rate:g}", **pm, "avg_gap": avg_gap(pm, rm, GAP_KEYS),
                              "rte_s": prune_record.get("seconds"), "rte_ratio": None}]
                 masks = attached_masks(start_model)
+                done = {r["method"]: r for r in previous.get("settings", {}).get(setting, {}).get("tables", {}).get(sparsity, {}).get("rows", [])}
                 for m in methods:
+                    if m in done and m not in redo:
+                        rows.append(done[m])
+                        print(f"  [{setting}/{sparsity}] {m:<14} kept from the earlier results.json", flush=True)
+                        continue
                     mo = [*base_overrides, *sel_over, f"trainer={m}", *common, *per_method.get(m, [])]
                     mcfg = compose(config_name="unlearn", overrides=mo)
                     mcfg = apply_method_preset(mcfg, mcfg.get("presets"), m, mo)
@@ -189,7 +202,13 @@ def main() -> None:
                     if masks:
                         attach_masks(model, masks)
                     t0 = time.perf_counter()
+                    if m == "LoRAUnlearner":  # seed 004: only LoRA adapters train; merged afterwards
+                        from obliviate.models.lora import apply_lora
+
+                        model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha)
                     model, seconds, history = vision.unlearn(model, m, margs, split, mcfg.trainer.args, sdir / sparsity / m, args.seed, data.num_classes)
+                    if m == "LoRAUnlearner":
+                        model = model.merge_and_unload()
                     if masks:
                         enforce_masks(model)
                     total = time.perf_counter() - t0
