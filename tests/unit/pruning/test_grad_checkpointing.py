@@ -17,24 +17,8 @@ from obliviate.pruning.groups import discover_groups  # noqa: E402
 from obliviate.pruning.loraprune import LoRAPruneConfig, LoRAPruner, loraprune_callback  # noqa: E402
 from obliviate.pruning.unlearning import UnlearningPruneConfig, dual_sensitivity, lora_warmup  # noqa: E402
 
-from tests.unit.pruning.test_loraprune import tiny_llama  # noqa: E402
+from tests.unit.pruning.test_loraprune import Tokens, tiny_llama  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class Tokens(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 32
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ids = torch.randint(0, 64, (8,), generator=torch.Generator().manual_seed(i))
-        return {"input_ids": ids, "labels": ids}
 
 
 def _loraprune_run(tmp_path, checkpointing: bool):

@@ -247,6 +247,17 @@ def test_registered_oneshot_pruner_element_masks_match_group_masks():
     gm.detach()
 
 
+class Tokens(torch.utils.data.Dataset):
+    """32 random token rows of length 8 (seeded per index): language-model training data."""
+
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, 64, (8,), generator=torch.Generator().manual_seed(i))
+        return {"input_ids": ids, "labels": ids}
+
+
 def test_hf_trainer_callback_with_gradient_accumulation(tmp_path):
     from obliviate.models.lora import apply_lora
     from obliviate.pruning.loraprune import loraprune_callback
@@ -254,14 +265,6 @@ def test_hf_trainer_callback_with_gradient_accumulation(tmp_path):
     model = apply_lora(tiny_llama(), r=4, alpha=8)
     pruner = LoRAPruner(model, total_steps=8, cfg=LoRAPruneConfig(target_ratio=0.5, warmup_steps=2, cooldown_steps=2,
                                                                   prune_freq=2))
-
-    class Tokens(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return 32
-
-        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-            ids = torch.randint(0, 64, (8,), generator=torch.Generator().manual_seed(i))
-            return {"input_ids": ids, "labels": ids}
 
     args = transformers.TrainingArguments(str(tmp_path), max_steps=8, per_device_train_batch_size=2,
                                           gradient_accumulation_steps=2, learning_rate=1e-2, report_to=[],

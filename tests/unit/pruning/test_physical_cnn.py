@@ -20,13 +20,6 @@ from obliviate.pruning.physical_cnn import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _prune(model, drop=(0, 3, 6)):
     """Soft masks dropping channels ``drop`` of every conv, baked into the weights."""

@@ -14,13 +14,6 @@ from obliviate.pruning.unlearning import UnlearningPruneConfig, dual_importance_
 from tests.unit.pruning.test_unlearning_prune import ChannelNet, ce, make_batches, mean_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class ConvBN(nn.Module):
     """conv -> BN -> ReLU -> pool -> linear: the group output is the BatchNorm output."""
