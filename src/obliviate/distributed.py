@@ -51,3 +51,12 @@ def training_defaults() -> dict[str, bool]:
     if world_size() > 1 and not torch.cuda.is_available():
         return {"use_cpu": True}
     return {}
+
+
+def write_json_main(path, obj) -> None:
+    """:func:`obliviate.io.atomic_write_json` on the main process only (under accelerate/torchrun
+    every rank computes the same results; rank 0 writes them)."""
+    from obliviate.io import atomic_write_json
+
+    if is_main_process():
+        atomic_write_json(path, obj)

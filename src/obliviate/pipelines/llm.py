@@ -36,7 +36,7 @@ from obliviate.engine import SupervisedTrainer
 from obliviate.engine.guard import DivergenceGuard, make_guard_config
 from obliviate.engine.trainer import build_trainer
 from obliviate.errors import ConfigError, DataError
-from obliviate.io import atomic_write_json
+from obliviate.distributed import write_json_main as write_json
 from obliviate.methods import METHODS
 from obliviate.models.adapters import CausalLMAdapter
 from obliviate.models.llm import load_causal_lm, save_causal_lm
@@ -92,6 +92,11 @@ def save_model_dir(model: nn.Module, tokenizer: Any, out_dir: Path, cfg: DictCon
     """
     from peft import PeftModel
 
+    from obliviate.distributed import is_main_process
+
+    if not is_main_process():  # rank 0 saves; the others only need the path
+        lora = isinstance(model, PeftModel) and not (cfg.get("lora") or {}).get("merge", False)
+        return str(out_dir.parent / f"{out_dir.name}_adapter") if lora else str(out_dir)
     if not isinstance(model, PeftModel):
         save_causal_lm(model, tokenizer, out_dir)
         return str(out_dir)
@@ -267,7 +272,7 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
         # eval=tofu: eval/<stage>/TOFU_EVAL.json (the retain model's is the retain_logs_path of forget quality)
         tofu = {ev.name: llm_eval.run_info(ev, llm_eval.evaluate(model, tokenizer, ev, run_dir / "eval" / stage)) for ev in evaluations}
         out_dir = save_model_dir(model, tokenizer, run_dir / stage, cfg)
-        atomic_write_json(run_dir / "eval" / f"{stage}_nll.json", per)
+        write_json(run_dir / "eval" / f"{stage}_nll.json", per)
         result["stages"][stage] = {"dir": out_dir, "train_time_s": seconds, "n_train": len(train_ds), "nll": means, "log_history": history}
         if evaluations:
             result["stages"][stage]["eval"] = tofu
@@ -279,7 +284,7 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
             info["summary"] = llm_eval.headline(summary)
             info["warnings"] = [w for w in info["warnings"] if "forget_quality" not in w and "privleak" not in w]
             info["retain_logs_path"] = str(run_dir / "eval" / "retain" / "TOFU_EVAL.json")
-    atomic_write_json(run_dir / "metrics.json", result)
+    write_json(run_dir / "metrics.json", result)
     return result
 
 
@@ -313,7 +318,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
     bs = int(cfg.get("eval_batch_size", 16))
     probes = {"forget": forget, "retain": retain, "eval": evalset}
     before, per_before = measure(model, probes, bs)
-    atomic_write_json(run_dir / "eval" / "nll_before.json", per_before)
+    write_json(run_dir / "eval" / "nll_before.json", per_before)
     from obliviate.pipelines.prune_llm import prepare_llm
 
     model, pruning = prepare_llm(cfg, model, forget, retain, collator)  # pruning=unlearning_prune (else no-op)
@@ -352,7 +357,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
 
         enforce_masks(model)  # pruned groups stay zero (merged adapters / one-shot methods)
     after, per_after = measure(model, probes, bs)
-    atomic_write_json(run_dir / "eval" / "nll_after.json", per_after)
+    write_json(run_dir / "eval" / "nll_after.json", per_after)
     tofu = {ev.name: llm_eval.evaluate(model, tokenizer, ev, run_dir) for ev in evaluations}  # TOFU_EVAL.json in the run dir
     model_dir = save_model_dir(model, tokenizer, run_dir / "model", cfg)
     result: dict[str, Any] = {
@@ -381,7 +386,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         result.update(llm_eval.headline(tofu[evaluations[0].name]["summary"]))
     if callbacks:
         result["eval_during_training"] = callbacks[0].history
-    atomic_write_json(run_dir / "metrics.json", result)
+    write_json(run_dir / "metrics.json", result)
     return result
 
 

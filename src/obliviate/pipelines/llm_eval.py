@@ -26,7 +26,8 @@ from torch import nn
 from transformers import TrainerCallback
 
 from obliviate.errors import ConfigError
-from obliviate.io import atomic_write_json, read_json
+from obliviate.distributed import write_json_main
+from obliviate.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,8 @@ def evaluate(model: nn.Module, tokenizer: Any, ev: Evaluation, out_dir: Path | N
     if out_dir is not None:
         out_dir = Path(out_dir)
         if write_eval:
-            atomic_write_json(out_dir / EVAL_FILE, results)
-        atomic_write_json(out_dir / SUMMARY_FILE, summary)
+            write_json_main(out_dir / EVAL_FILE, results)
+        write_json_main(out_dir / SUMMARY_FILE, summary)
     return {"summary": summary, "results": results, "warnings": messages, "eval_time_s": time.perf_counter() - start}
 
 
@@ -304,7 +305,7 @@ def run_eval(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]:
         out = evaluate(model, tokenizer, ev, run_dir)
         result["eval"][ev.name] = run_info(ev, out)
         result.update(headline(out["summary"]))
-    atomic_write_json(run_dir / "metrics.json", result)
+    write_json_main(run_dir / "metrics.json", result)
     return result
 
 
