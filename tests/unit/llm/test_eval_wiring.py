@@ -66,7 +66,7 @@ def test_load_eval_splits_counts_and_fields(data, tiny):
     splits, files = llm_eval.load_eval_splits(eval_cfg(data, forget_split="forget05"), tok, TINY["template_args"])
     n_rows = {k: sum(1 for _ in open(f)) for k, f in files.items()}
     assert {k: len(v) for k, v in splits.items()} == n_rows
-    assert files["forget"].endswith("forget05_perturbed.json") and files["holdout"].endswith("holdout10.json")
+    assert files["forget"].endswith("forget05_perturbed.json") and files["holdout"].endswith("holdout05.json")  # holdout follows forget_split
     s = splits["forget"][0]
     assert len(s["perturbed"]) == 5 and "paraphrased" in s and isinstance(s["answer"], str) and s["index"] == 0
     assert "paraphrased" not in splits["ra"][0] and len(splits["ra"][0]["perturbed"]) == 3
