@@ -51,3 +51,8 @@ def test_quickstart_track_llm_forgets_forget10(tmp_path):
     assert s["rows"][0]["forget_prob_before"] == pytest.approx(s["rows"][1]["forget_prob_before"], abs=1e-6)
     assert (out / "target" / "model.safetensors").is_file()
     assert json.loads((out / "manifest.json").read_text())["status"] == "completed"
+    # compare / report read the LLM quickstart dir like any other run dir
+    table = run("compare", str(out), cwd=tmp_path).stdout
+    assert "GradDiff" in table and "NPO" in table
+    run("report", str(out), "-o", str(tmp_path / "r.html"), cwd=tmp_path)
+    assert "NPO" in (tmp_path / "r.html").read_text()

@@ -151,6 +151,12 @@ def load_quickstart(qs_dir: Path) -> list[RunData]:
     """The per-method runs of a quickstart dir (rows from ``summary.json``)."""
     summary = _read(qs_dir / "summary.json")
     runs: list[RunData] = []
+    if summary.get("track") == "llm":  # `obliviate quickstart track=llm`: one LLM unlearning run dir per method
+        for row in summary.get("rows", []):
+            sub = qs_dir / str(row.get("method"))
+            if (sub / "metrics.json").is_file():
+                runs.append(load_run(sub, name=str(row.get("method"))))
+        return runs
     for setting in summary.get("settings", []):
         sname = setting.get("setting", "setting")
         retrain = setting.get("retrain") or {}
