@@ -74,6 +74,8 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--redo", default="", help="comma list of methods to run again under --resume")
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank of LoRAUnlearner (seed 004 trains LoRA adapters only)")
     p.add_argument("--lora-alpha", type=float, default=41, help="LoRA alpha of LoRAUnlearner (seed 004's example value)")
+    p.add_argument("--lora-lr", type=float, default=1e-3, help="learning rate of LoRAUnlearner's adapters (the preset's "
+                   "1e-4 is for full-model training and barely moves the adapters)")
     return p.parse_known_args()
 
 
@@ -194,7 +196,8 @@ def main() -> None:
                         rows.append(done[m])
                         print(f"  [{setting}/{sparsity}] {m:<14} kept from the earlier results.json", flush=True)
                         continue
-                    mo = [*base_overrides, *sel_over, f"trainer={m}", *common, *per_method.get(m, [])]
+                    lora_lr = [f"trainer.args.learning_rate={args.lora_lr}"] if m == "LoRAUnlearner" else []
+                    mo = [*base_overrides, *sel_over, f"trainer={m}", *common, *lora_lr, *per_method.get(m, [])]
                     mcfg = compose(config_name="unlearn", overrides=mo)
                     mcfg = apply_method_preset(mcfg, mcfg.get("presets"), m, mo)
                     margs = OmegaConf.to_container(mcfg.trainer.method_args, resolve=True) if mcfg.trainer.get("method_args") else {}
