@@ -177,6 +177,7 @@ def hf_causal_lm(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
     if (Path(path) / "adapter_config.json").is_file():
         return _load_adapter_dir(Path(path), model_cfg)
     gguf_file = margs.pop("gguf_file", None)
+    tokenizer_gguf = gguf_file  # a tokenizer_args path without tokenizer.json (the GGUF's folder) still needs it
     if gguf_file and Path(path).is_dir() and not (Path(path) / gguf_file).is_file() and (Path(path) / "config.json").is_file():
         # A model saved by obliviate from a GGUF model (config.json + safetensors): the model
         # config's gguf_file names the original download, not this directory.
@@ -207,7 +208,7 @@ def hf_causal_lm(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
         # dequantized: Trainer then refuses full fine-tuning and save_pretrained refuses to
         # save. A plain copy (same config and weights, no quantization marker) does both.
         model = _plain_copy(model).eval()
-    tokenizer = load_tokenizer(model_cfg.get("tokenizer_args"), path, gguf_file, trust)
+    tokenizer = load_tokenizer(model_cfg.get("tokenizer_args"), path, tokenizer_gguf, trust)
     ensure_pad_token(tokenizer, model)
     return model, tokenizer
 
