@@ -18,6 +18,7 @@ the mask and measures sparsity afterwards. Both are no-ops with ``pruning=none``
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from obliviate.checkpoint import load_state, save_model
+from obliviate.checkpoint import load_model, load_state, save_model
 from obliviate.data import stack_collate
 from obliviate.data.vision import TensorImageDataset, VisionData
 from obliviate.engine import SupervisedTrainer
@@ -33,7 +34,7 @@ from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json
 from obliviate.models.adapters import ClassifierAdapter
 from obliviate.pipelines.common import timer, training_arguments
-from obliviate.pruning import PRUNERS, attach_masks, enforce_masks, load_masks, measure_sparsity, prunable_weights, save_masks
+from obliviate.pruning import PRUNERS, attach_masks, enforce_masks, load_masks, measure_sparsity, param_counts, prunable_weights, save_masks
 from obliviate.pruning.magnitude import RewindCapture
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,6 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     opts = pruning_options(cfg)
     if not opts:
         raise ConfigError(f"obliviate prune needs a pruner: pruning=omp or pruning=imp (registered: {', '.join(PRUNERS.names())})")
-    import time
-
     wall_start = time.perf_counter()
     seed = int(cfg.seed)
     data = load_data(cfg)
@@ -251,9 +250,7 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     is_imp = str(opts["name"]).lower() == "imp"
     captured, seconds = None, None
     if cfg.get("original_checkpoint"):
-        from obliviate.pruning.physical_cnn import load_physical
-
-        load_physical(model, cfg.original_checkpoint)  # an ordinary or a physically pruned (shrunk) checkpoint
+        load_model(model, cfg.original_checkpoint)  # an ordinary or a physically pruned (shrunk) checkpoint
         model.eval()
     else:
         capture = RewindCapture(int(opts.get("rewind_epoch", 0))) if is_imp else None
@@ -276,7 +273,7 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from obliviate.pipelines.vision import split_forget
 
         split = split_forget(data, selection, seed)
-    counts_before, fr_before = _param_counts(model), _forget_retain(model, split)
+    counts_before, fr_before = param_counts(model), _forget_retain(model, split)
     rewind_state = rewind_state_for(cfg, opts, data, seed, captured) if is_imp else None
     physical: dict[str, Any] = {}
     if str(opts["name"]).lower() == "unlearning_prune":  # forget/retain = the configured forget selection
@@ -306,7 +303,7 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     pruned = _accuracies(model, data, include_head)
     if physical:  # sparsity of the full-size equivalent (model_file) vs of the shrunk model itself
         pruned["sparsity_physical"], pruned["sparsity"] = pruned["sparsity"], physical["full_size_sparsity"]
-    counts_after, fr_after = _param_counts(model), _forget_retain(model, split)
+    counts_after, fr_after = param_counts(model), _forget_retain(model, split)
     result = {"track": "vision", "pruning": {**opts, **info}, "original": {**original, "train_time_s": seconds}, "pruned": pruned,
               "model_file": str(run_dir / "pruned" / "model.safetensors"),
               **{f"{k}_before": v for k, v in counts_before.items()}, **{f"{k}_after": v for k, v in counts_after.items()},
@@ -317,12 +314,6 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     result["wall_time_s"] = time.perf_counter() - wall_start
     atomic_write_json(run_dir / "metrics.json", result)
     return result
-
-
-def _param_counts(model: nn.Module) -> dict[str, int]:
-    """``params`` and ``nonzero_params`` (exact non-zeros over all parameters)."""
-    return {"params": sum(p.numel() for p in model.parameters()),
-            "nonzero_params": sum(int(p.detach().count_nonzero()) for p in model.parameters())}
 
 
 def _forget_retain(model: nn.Module, split: Any) -> dict[str, float]:

@@ -37,6 +37,7 @@ from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json
 from obliviate.pipelines.common import timer
 from obliviate.pipelines.prune_structured import dual_prune, retain_batches_for, take_batches
+from obliviate.pruning import param_counts
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,7 @@ def latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 
 def _snapshot(model: nn.Module, batches: list, probe: dict, repeats: int) -> dict[str, float]:
     from obliviate.pipelines.prune_structured import mean_loss
 
-    return {"params": n_params(model), "nonzero_params": sum(int(p.detach().count_nonzero()) for p in model.parameters()),
-            "latency_ms": latency_ms(model, probe, repeats), "train_nll": mean_loss(model, batches, lm_loss)}
+    return {**param_counts(model), "latency_ms": latency_ms(model, probe, repeats), "train_nll": mean_loss(model, batches, lm_loss)}
 
 
 def _load(cfg: DictConfig) -> tuple[nn.Module, Any, dict[str, Any], Any]:
@@ -180,10 +180,6 @@ def _forget_retain_loss(model: nn.Module, batches: dict[str, list]) -> dict[str,
     return {f"{k}_loss": mean_loss(model, b, lm_loss) for k, b in batches.items()}
 
 
-def _counts(model: nn.Module) -> dict[str, int]:
-    return {"params": n_params(model), "nonzero_params": sum(int(p.detach().count_nonzero()) for p in model.parameters())}
-
-
 # ----------------------------------------------------------------------------- unlearning mode
 def _llm_parts(forget: Any, retain: Any, collator: Any, opts: dict[str, Any], seed: int, eval_batch_size: int) -> tuple[list, list, Any]:
     """Forget/retain micro-batches and the retain-NLL safeguard metric of the LLM track."""
@@ -262,10 +258,10 @@ def run_prune_llm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from obliviate.pipelines.llm import check_forget_retain
 
         check_forget_retain(data["forget"], data["retain"])
-        counts_before = _counts(model)
+        counts_before = param_counts(model)
         model, record = llm_unlearning_prune(model, data["forget"], data["retain"], collator, opts, int(cfg.seed),
                                              int(cfg.get("eval_batch_size", 16)))
-        counts_after = _counts(model)
+        counts_after = param_counts(model)
         save_causal_lm(model, tokenizer, run_dir / "pruned")
         loss = record["loss"]  # mean answer NLL on the sensitivity micro-batches, before/after pruning
         result = {"track": "llm", "command": "prune", "status": "completed", "pruning": {**opts, **record},

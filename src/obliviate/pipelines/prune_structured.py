@@ -224,8 +224,9 @@ def _cnn_latency_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 
 def _cnn_snapshot(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, Any]:
-    return {"params": sum(p.numel() for p in model.parameters()),
-            "nonzero_params": sum(int(p.count_nonzero()) for p in model.parameters()), "latency_ms": _cnn_latency_ms(model, x, repeats)}
+    from obliviate.pruning import param_counts
+
+    return {**param_counts(model), "latency_ms": _cnn_latency_ms(model, x, repeats)}
 
 
 def vision_loraprune(model: nn.Module, data: Any, opts: dict[str, Any], seed: int) -> tuple[nn.Module, dict[str, Any]]:

@@ -21,6 +21,7 @@ from obliviate.pruning.masks import (  # noqa: E402
     enforce_masks,
     load_masks,
     measure_sparsity,
+    param_counts,
     prunable_weights,
     save_masks,
 )

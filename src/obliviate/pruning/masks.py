@@ -250,6 +250,13 @@ class Sparsity:
 
 
 @torch.no_grad()
+def param_counts(model: nn.Module) -> dict[str, int]:
+    """``{"params", "nonzero_params"}`` over all parameters (exact non-zero count)."""
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "nonzero_params": sum(int(p.count_nonzero()) for p in model.parameters())}
+
+
+@torch.no_grad()
 def measure_sparsity(model: nn.Module, *, include_head: bool = False, head_name: str | None = None) -> Sparsity:
     """Fraction of exact zeros among the prunable weights of ``model``.
 

@@ -460,14 +460,12 @@ def read_shapes(path: str | os.PathLike) -> dict[str, Any] | None:
 def load_physical(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a checkpoint written by :func:`save_physical` into a freshly built full-size ``model``.
 
-    The model is first shrunk to the stored sizes (:func:`shrink_to`); an ordinary checkpoint is
-    loaded as is. Returns the (possibly shrunk) model.
+    Same as :func:`obliviate.checkpoint.load_model`, which shrinks the model to the stored
+    sizes (:func:`shrink_to`) first; an ordinary checkpoint is loaded as is. Returns the
+    (possibly shrunk) model.
     """
     from obliviate.checkpoint import load_model
 
-    shapes = read_shapes(path)
-    if shapes:
-        shrink_to(model, shapes)
     return load_model(model, path)
 
 

@@ -105,7 +105,7 @@ class _Gate:
     """
 
     def __init__(self, gs: GroupSet, modules: dict[str, nn.Module]) -> None:
-        from obliviate.pruning.groups import base_layer
+        from obliviate.pruning.groups import _CHANNELS_FIRST, base_layer
 
         cols = [m for m in gs.members if m.dim == 1]
         member = cols[0] if cols else [m for m in gs.members if m.dim == 0][-1]
@@ -116,7 +116,7 @@ class _Gate:
         for j in range(gs.n_groups):
             lookup[member.index[j].flatten()] = j
         self.lookup = lookup
-        self.channels_first = isinstance(base, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm))
+        self.channels_first = isinstance(base, _CHANNELS_FIRST)
         self.gate = torch.ones(gs.n_groups, requires_grad=True)
         self.grad_sq = torch.zeros(gs.n_groups)
         hook = self._pre if member.dim == 1 else self._post
