@@ -26,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "unlearn": "unlearn a forget set, evaluate against original and retrained models",
     "quickstart": "embedded demo: every vision method on digits; track=llm: GradDiff/NPO on tiny-llama (no downloads)",
     "eval": "TOFU evaluation of an LLM (eval=tofu): TOFU_EVAL.json, TOFU_SUMMARY.json, metrics.json",
-    "prune": "prune the original model (OMP/IMP; LoRAPrune / unlearning_prune on LLMs), report the results",
+    "prune": "prune a model (OMP/IMP; LoRAPrune, unlearning_prune on LLMs and CNNs): params, latency, forget/retain before and after",
     "sweep": "Optuna search over a method's hyper-parameters (configs/sweep/<name>.yaml)",
     "report": "RUN_DIR ... [-o FILE]: self-contained HTML report with plots and tables",
     "compare": "RUN_DIR ... [--csv] [-o FILE]: table of headline metrics over runs",
