@@ -278,8 +278,6 @@ def _run_hydra(command: str, args: list[str]) -> None:
             sys.exit(2)
 
     task.__name__ = command
-    if command == "quickstart" and "track=llm" in args and not any(a.startswith("experiment=") for a in args):
-        args = ["experiment=llm/quickstart", *args]  # Hydra allows its model/data overrides only in a non-interpolated default
     sys.argv = [f"obliviate {command}", *args]
     hydra.main(config_path="configs", config_name=command, version_base="1.3")(task)()
 
@@ -329,8 +327,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: unknown command '{command}'.{hint}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if command == "quickstart" and "track=llm" in rest and not any(a.startswith("experiment=") for a in rest):
+        rest = ["experiment=llm/quickstart", *rest]  # Hydra allows its model/data overrides only in a non-interpolated default
     try:
+        from obliviate.overrides import check_overrides
+
         check_group_choices(rest)
+        rest = check_overrides(command, rest)  # unknown keys: one line; trainer.args.<any TrainingArguments field>
     except ObliviateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
