@@ -29,6 +29,7 @@ import torch
 
 from obliviate.errors import ConfigError
 from obliviate.methods._common import model_device, select_rows, to_device
+from obliviate.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class CachedReference:
             return
         batch_size = max(1, int(ctx.extras.get("ref_batch_size", 8)))
         n = len(forget_ds)
-        for start in range(0, n, batch_size):
+        for start in progress(range(0, n, batch_size), desc=f"{self.method} reference log-probs", unit="batch"):
             batch = collate([forget_ds[i] for i in range(start, min(n, start + batch_size))])
             for sub in self.sides(batch):
                 missing = self.missing(sub)

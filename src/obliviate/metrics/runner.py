@@ -36,6 +36,7 @@ from obliviate.errors import DataError
 from obliviate.metrics.mia_llm import token_mu_sigma
 from obliviate.metrics.tofu import SplitValues, forget_privacy_results, load_retain_logs, retain_reference_results, split_results
 from obliviate.metrics.tofu import save_tofu_results, tofu_summary  # noqa: F401  (re-exported)
+from obliviate.progress import progress
 
 IGNORE_INDEX = -100
 #: Answer-token rows post-processed at once (bounds the ``[n, vocab]`` float32 buffers).
@@ -52,7 +53,10 @@ class EvalCounter:
     forward_tokens: int = 0  # non-padding tokens fed to teacher-forced calls
     generate_calls: int = 0  # model.generate calls (batches)
     generated_prompts: int = 0  # prompts that needed model.generate
+    generation_steps: int = 0  # decoding forward calls inside model.generate (new-token positions per call, summed)
+    generated_tokens: int = 0  # new tokens kept from model.generate (up to EOS or the budget)
     draft_tokens: int = 0  # greedy tokens taken from teacher forcing instead of generated
+    head_tokens: int = 0  # positions the LM head ran on in teacher-forced calls (only scored ones when it can)
 
 
 @dataclass
@@ -61,21 +65,25 @@ class TokenRecord:
 
     Attributes:
         logp: ``log p(label_t | prefix)`` per answer token.
-        pred: Teacher-forced argmax token ids.
+        pred: Teacher-forced argmax token ids (``None`` when not asked for, see
+            :meth:`ForwardRunner.score`).
         labels: Answer token ids.
-        mu: Mean of ``log p(v)`` under the next-token distribution (Min-K%++).
-        sigma: Its standard deviation (variance floored at 1e-6).
+        mu: Mean of ``log p(v)`` under the next-token distribution (Min-K%++; ``None`` when
+            not asked for).
+        sigma: Its standard deviation (variance floored at 1e-6; ``None`` likewise).
     """
 
     logp: np.ndarray
-    pred: np.ndarray
+    pred: np.ndarray | None
     labels: np.ndarray
-    mu: np.ndarray
-    sigma: np.ndarray
+    mu: np.ndarray | None = None
+    sigma: np.ndarray | None = None
 
     @property
     def correct(self) -> np.ndarray:
         """``pred == labels`` per answer token ``[n]``."""
+        if self.pred is None:
+            raise ValueError("this record was scored without the teacher-forced argmax (needs={'pred'})")
         return self.pred == self.labels
 
     @property
@@ -121,6 +129,38 @@ def supports_packing(model: nn.Module) -> bool:
     cfg = getattr(model, "config", None)
     impl = getattr(cfg, "_attn_implementation", None)
     return impl in ("eager", "sdpa") and not getattr(cfg, "sliding_window", None)
+
+
+class _HeadAt:
+    """Context: the model's output embeddings (LM head) run only at ``(rows, positions)``.
+
+    A forward pre-hook on ``model.get_output_embeddings()`` replaces the head's input, the
+    last hidden states ``[b, T, h]``, by ``hidden[rows, positions]`` ``[n, h]``; whatever the
+    model does to the head's output afterwards (logit scaling, soft-capping) is elementwise,
+    so the returned logits are ``[n, v]``. ``applied`` says whether that happened (models
+    without output embeddings, or whose head input has another shape, are left alone).
+    """
+
+    def __init__(self, model: nn.Module, rows: torch.Tensor, positions: torch.Tensor) -> None:
+        self.rows, self.positions, self.applied, self.handle = rows, positions, False, None
+        getter = getattr(model, "get_output_embeddings", None)
+        self.head = getter() if callable(getter) else None
+
+    def _pre(self, _module: nn.Module, args: tuple) -> tuple | None:
+        hidden = args[0] if args else None
+        if self.applied or not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+            return None
+        self.applied = True
+        return (hidden[self.rows, self.positions], *args[1:])  # [n, h]
+
+    def __enter__(self) -> "_HeadAt":
+        if isinstance(self.head, nn.Module):
+            self.handle = self.head.register_forward_pre_hook(self._pre)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.handle is not None:
+            self.handle.remove()
 
 
 class ForwardRunner:
@@ -183,8 +223,13 @@ class ForwardRunner:
             row.targets.append(((g, v), pos, lbl))
         return [row]
 
-    def _forward(self, rows: list[_Row]) -> torch.Tensor:
-        """Logits ``[b, T, v]`` of right-padded rows."""
+    def _forward(self, rows: list[_Row], r_idx: list[int], p_idx: list[int]) -> torch.Tensor:
+        """Logits ``[n, v]`` of right-padded ``rows`` at the (row, position) pairs ``(r_idx, p_idx)``.
+
+        The LM head runs only at those positions when the model routes its last hidden states
+        through ``get_output_embeddings()`` (every Hugging Face causal LM); otherwise the full
+        ``[b, T, v]`` logits are computed and indexed.
+        """
         b, t_max = len(rows), max(len(r.ids) for r in rows)
         ids = torch.full((b, t_max), self.pad_token_id, dtype=torch.long)
         lengths = torch.tensor([len(r.ids) for r in rows])
@@ -210,15 +255,29 @@ class ForwardRunner:
         self.counter.forward_calls += 1
         self.counter.forward_rows += b
         self.counter.forward_tokens += int(lengths.sum())
-        return self.model(input_ids=ids.to(self.device), use_cache=False, **kwargs).logits
+        rows_t = torch.tensor(r_idx, dtype=torch.long, device=self.device)
+        pos_t = torch.tensor(p_idx, dtype=torch.long, device=self.device)
+        with _HeadAt(self.model, rows_t, pos_t) as head:
+            logits = self.model(input_ids=ids.to(self.device), use_cache=False, **kwargs).logits
+        if head.applied and logits.dim() == 2 and logits.shape[0] == len(p_idx):
+            self.counter.head_tokens += len(p_idx)
+            return logits  # [n, v]
+        self.counter.head_tokens += b * t_max
+        return logits[rows_t, pos_t]  # [b, T, v] -> [n, v]
 
     @torch.inference_mode()
-    def score(self, groups: Sequence[Sequence[dict[str, Any]]]) -> list[list[TokenRecord]]:
+    def score(self, groups: Sequence[Sequence[dict[str, Any]]], needs: dict[tuple[int, int], set[str]] | None = None,
+              desc: str = "teacher-forced pass") -> list[list[TokenRecord]]:
         """Teacher-forced values of every sequence, one forward pass each.
 
         Args:
             groups: Groups of tokenised sequences; the sequences of a group (e.g. the answers
                 to one question) may share a prompt prefix, which is then computed once.
+            needs: What each sequence needs besides ``logp``: ``needs[(g, v)]`` holds
+                ``"pred"`` (the teacher-forced argmax) and/or ``"vocab"`` (Min-K%++ ``mu`` /
+                ``sigma``, a pass over the whole vocabulary per token); a sequence without a
+                key gets ``logp`` only. ``None``: everything for every sequence.
+            desc: Label of the progress bar.
 
         Returns:
             ``records[g][v]`` for sequence ``v`` of group ``g``.
@@ -229,35 +288,51 @@ class ForwardRunner:
             if checked:
                 rows += self._rows(checked, g)
         out: list[list[TokenRecord | None]] = [[None] * len(group) for group in groups]
+        everything = {"pred", "vocab"}
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i].ids))  # less padding
-        for start in range(0, len(order), self.batch_size):
-            batch = [rows[i] for i in order[start : start + self.batch_size]]
-            logits = self._forward(batch)  # [b, T, v]
-            r_idx = [i for i, r in enumerate(batch) for _, pos, _ in r.targets for _ in pos]
-            p_idx = [p for r in batch for _, pos, _ in r.targets for p in pos]
-            labels = torch.tensor([x for r in batch for _, _, lab in r.targets for x in lab], dtype=torch.long)
-            parts: list[list[torch.Tensor]] = [[], [], [], []]
-            for c in range(0, len(p_idx), _TOKEN_CHUNK):
-                sel = logits[r_idx[c : c + _TOKEN_CHUNK], p_idx[c : c + _TOKEN_CHUNK]].float()  # [n, v]
-                lsm = torch.log_softmax(sel, dim=-1)
-                lab = labels[c : c + _TOKEN_CHUNK].to(lsm.device)
-                mu, sigma = token_mu_sigma(lsm)
-                for part, value in zip(parts, (lsm.gather(-1, lab.unsqueeze(-1)).squeeze(-1), sel.argmax(-1), mu, sigma)):
-                    part.append(value.cpu())
-            logp, pred, mu, sigma = (torch.cat(p).numpy() if p else np.zeros(0) for p in parts)
-            at = 0
-            for r in batch:
-                for (g, v), pos, lab in r.targets:
+        with progress(total=sum(len(g) for g in groups), desc=desc, unit="seq") as bar:
+            for start in range(0, len(order), self.batch_size):
+                batch = [rows[i] for i in order[start : start + self.batch_size]]
+                targets = [t for r in batch for t in r.targets]  # (key, positions, labels) per sequence
+                r_idx = [i for i, r in enumerate(batch) for _, pos, _ in r.targets for _ in pos]
+                p_idx = [p for _, pos, _ in targets for p in pos]
+                labels = torch.tensor([x for _, _, lab in targets for x in lab], dtype=torch.long)
+                wants = [everything if needs is None else needs.get(key, set()) for key, _, _ in targets]
+                want_pred = torch.tensor([("pred" in w) for w, (_, pos, _) in zip(wants, targets) for _ in pos], dtype=torch.bool)
+                want_vocab = torch.tensor([("vocab" in w) for w, (_, pos, _) in zip(wants, targets) for _ in pos], dtype=torch.bool)
+                logits = self._forward(batch, r_idx, p_idx)  # [n, v]
+                logp_parts, pred_parts, mu_parts, sigma_parts = [], [], [], []
+                for c in range(0, len(p_idx), _TOKEN_CHUNK):
+                    sel = logits[c : c + _TOKEN_CHUNK].float()  # [n, v]
+                    lsm = torch.log_softmax(sel, dim=-1)
+                    lab = labels[c : c + _TOKEN_CHUNK].to(lsm.device)
+                    logp_parts.append(lsm.gather(-1, lab.unsqueeze(-1)).squeeze(-1).cpu())
+                    wp, wv = want_pred[c : c + _TOKEN_CHUNK].to(lsm.device), want_vocab[c : c + _TOKEN_CHUNK].to(lsm.device)
+                    if bool(wp.any()):
+                        pred_parts.append(sel[wp].argmax(-1).cpu())
+                    if bool(wv.any()):
+                        mu, sigma = token_mu_sigma(lsm[wv])
+                        mu_parts.append(mu.cpu())
+                        sigma_parts.append(sigma.cpu())
+                logp = torch.cat(logp_parts).numpy() if logp_parts else np.zeros(0)
+                pred = torch.cat(pred_parts).numpy() if pred_parts else np.zeros(0, dtype=np.int64)
+                mu = torch.cat(mu_parts).numpy() if mu_parts else np.zeros(0)
+                sigma = torch.cat(sigma_parts).numpy() if sigma_parts else np.zeros(0)
+                at = at_pred = at_vocab = 0
+                for ((g, v), pos, lab), want in zip(targets, wants):
                     n = len(pos)
-                    out[g][v] = TokenRecord(
-                        logp=logp[at : at + n].astype(np.float64),
-                        pred=pred[at : at + n].astype(np.int64),
-                        labels=np.asarray(lab, dtype=np.int64),
-                        mu=mu[at : at + n].astype(np.float64),
-                        sigma=sigma[at : at + n].astype(np.float64),
-                    )
+                    rec = TokenRecord(logp=logp[at : at + n].astype(np.float64), pred=None, labels=np.asarray(lab, dtype=np.int64))
+                    if "pred" in want:
+                        rec.pred = pred[at_pred : at_pred + n].astype(np.int64)
+                        at_pred += n
+                    if "vocab" in want:
+                        rec.mu = mu[at_vocab : at_vocab + n].astype(np.float64)
+                        rec.sigma = sigma[at_vocab : at_vocab + n].astype(np.float64)
+                        at_vocab += n
+                    out[g][v] = rec
                     at += n
                     self.counter.forward_sequences += 1
+                bar.update(len(targets))
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ generation
@@ -270,6 +345,7 @@ class ForwardRunner:
         eos_token_ids: Sequence[int],
         pad_token_id: int | None = None,
         drafts: Sequence[Sequence[int] | None] | None = None,
+        desc: str = "greedy generation",
     ) -> list[list[int]]:
         """Greedy generation, batched with left padding; returns only the new tokens.
 
@@ -280,6 +356,7 @@ class ForwardRunner:
             pad_token_id: Left-padding id (default: the runner's).
             drafts: Optional greedy tokens already known per sample (e.g. from
                 :func:`greedy_draft`); generation continues after them.
+            desc: Label of the progress bar (over the prompts that need ``model.generate``).
 
         Returns:
             New token ids per sample, cut at the first EOS and at ``max_new_tokens``.
@@ -301,6 +378,7 @@ class ForwardRunner:
             else:
                 pending.append((i, [int(t) for t in prompt] + draft, draft, max_new_tokens - len(draft)))
         pending.sort(key=lambda x: (-x[3], -len(x[1])))  # similar budgets and lengths together
+        bar = progress(total=len(pending), desc=desc, unit="prompt")
         for start in range(0, len(pending), self.generation_batch_size):
             batch = pending[start : start + self.generation_batch_size]
             width = max(len(ctx) for _, ctx, _, _ in batch)
@@ -319,10 +397,14 @@ class ForwardRunner:
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config
             )
             new = out[:, width:].tolist()  # [b, <= budget]
+            self.counter.generation_steps += out.shape[1] - width
             for r, (i, _, draft, b) in enumerate(batch):
                 cont = new[r][:b]
                 stop = next((j for j, tok in enumerate(cont) if tok in eos), len(cont))
                 results[i] = draft + cont[:stop]
+                self.counter.generated_tokens += stop
+            bar.update(len(batch))
+        bar.close()
         return results  # type: ignore[return-value]
 
 
@@ -342,7 +424,7 @@ def greedy_draft(sample: dict[str, Any], prompt: Sequence[int], record: TokenRec
         return None
     if any(lab == IGNORE_INDEX for lab in labels[a:]) or any(lab != IGNORE_INDEX for lab in labels[:a]):
         return None
-    if labels[a:] != ids[a:] or record.pred.size != len(ids) - a:
+    if record.pred is None or labels[a:] != ids[a:] or record.pred.size != len(ids) - a:
         return None
     wrong = np.flatnonzero(~record.correct)
     stop = record.pred.size if wrong.size == 0 else int(wrong[0]) + 1
@@ -442,10 +524,19 @@ def evaluate_tofu(
                 seqs += list(s.get("perturbed") or [])
             groups.append(seqs)
             where.append((split, i))
+    # Only what the metrics read: the argmax of the QA answer (memorisation, generation drafts)
+    # and the Min-K%++ vocabulary statistics of the MIA splits' QA answers; logp of everything.
+    drafting = generate and max_new_tokens > 0 and reuse_teacher_forcing
+    needs: dict[tuple[int, int], set[str]] = {}
+    for g, (split, _) in enumerate(where):
+        want = {"pred"} if split == "forget" or (drafting and split != "holdout") else set()
+        want |= {"vocab"} if split in ("forget", "holdout") else set()
+        if want:
+            needs[(g, 0)] = want
     was_training = model.training
     model.eval()
     try:
-        records = runner.score(groups)
+        records = runner.score(groups, needs=needs, desc="TOFU eval: teacher-forced pass")
         per_split: dict[str, list[list[TokenRecord]]] = {k: [] for k in data}
         for (split, _), recs in zip(where, records):
             per_split[split].append(recs)
@@ -462,7 +553,8 @@ def evaluate_tofu(
                     drafts.append(greedy_draft(s, prompt, recs[0]) if reuse_teacher_forcing else None)
                     owners.append(split)
             eos = _eos_ids(model, tokenizer)
-            tokens = runner.generate(prompts, max_new_tokens=max_new_tokens, eos_token_ids=eos, drafts=drafts)
+            tokens = runner.generate(prompts, max_new_tokens=max_new_tokens, eos_token_ids=eos, drafts=drafts,
+                                     desc="TOFU eval: greedy generation (ROUGE)")
             texts = [t.strip() for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)] if tokens else []
             for split, text in zip(owners, texts):
                 gens.setdefault(split, []).append(text)

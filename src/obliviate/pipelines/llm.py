@@ -159,29 +159,79 @@ def make_collator(cfg: DictConfig, tokenizer: Any) -> DataCollatorForSupervisedD
 
 # ----------------------------------------------------------------------------- measurements
 @torch.no_grad()
-def answer_nll(model: nn.Module, dataset: QADataset, batch_size: int = 16) -> list[float]:
-    """Mean answer-token NLL of every sequence of ``dataset`` (one value per answer option)."""
+def answer_nll(model: nn.Module, dataset: QADataset, batch_size: int = 16, desc: str = "answer NLL") -> list[float]:
+    """Mean answer-token NLL of every sequence of ``dataset`` (one value per answer option).
+
+    Shows a progress bar (``desc``) over the dataset's items.
+    """
+    from obliviate.progress import progress
+
     adapter = CausalLMAdapter()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out: list[float] = []
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=DataCollatorForSupervisedDataset(dataset.tokenizer)):
-        lm = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
-        nll, _ = adapter.per_sample_nll(model, lm)  # [b]
-        out.extend(nll.float().cpu().tolist())
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=DataCollatorForSupervisedDataset(dataset.tokenizer))
+    with progress(total=len(dataset), desc=desc, unit="row") as bar:
+        for batch in loader:
+            lm = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+            nll, _ = adapter.per_sample_nll(model, lm)  # [b]
+            out.extend(nll.float().cpu().tolist())
+            bar.update(min(batch_size, len(dataset) - bar.n))
     model.train(was_training)
     return out
 
 
-def measure(model: nn.Module, datasets: dict[str, QADataset | None], batch_size: int) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Mean and per-sequence answer NLL on each named dataset."""
+def probe_sets(datasets: dict[str, QADataset | None], limit: int | None, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """At most ``limit`` rows of each dataset for the before/after NLL probes (seeded sample).
+
+    The same rows are measured before and after unlearning, so the deltas compare like with
+    like; ``limit=None`` (``probe_samples=null``) keeps every row.
+
+    Returns:
+        ``(datasets, info)`` with ``info[name] = {"n": rows probed, "of": rows in the set, "indices": [...] | None}``.
+    """
+    import numpy as np
+    from torch.utils.data import Subset
+
+    if limit is not None and int(limit) < 1:
+        raise ConfigError(f"probe_samples must be a positive number of rows or null (all), got {limit}")
+    out: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    for name, ds in datasets.items():
+        if ds is None:
+            out[name] = None
+            continue
+        n = len(ds)
+        if limit is None or n <= int(limit):
+            out[name], info[name] = ds, {"n": n, "of": n, "indices": None}
+            continue
+        idx = sorted(np.random.default_rng(seed).choice(n, int(limit), replace=False).tolist())
+        sub = Subset(ds, idx)
+        sub.tokenizer = ds.tokenizer  # answer_nll builds its collator from it
+        out[name], info[name] = sub, {"n": len(idx), "of": n, "indices": idx}
+    return out, info
+
+
+def measure(model: nn.Module, datasets: dict[str, QADataset | None], batch_size: int,
+            when: str = "") -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Mean and per-sequence answer NLL on each named dataset (``when`` labels the progress bars)."""
     means, per = {}, {}
     for name, ds in datasets.items():
         if ds is not None:
-            per[name] = answer_nll(model, ds, batch_size)
+            per[name] = answer_nll(model, ds, batch_size, desc=f"NLL probe {name}" + (f" ({when})" if when else ""))
             means[name] = float(sum(per[name]) / len(per[name]))
     return means, per
+
+
+def _probe_limit(cfg: DictConfig) -> int | None:
+    value = cfg.get("probe_samples", 256)
+    return None if value is None else int(value)
+
+
+def probe_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json block: rows probed of rows in the set, per split (the sampled indices go to eval/)."""
+    return {name: {"n": v["n"], "of": v["of"], "sampled": v["indices"] is not None} for name, v in info.items()}
 
 
 def _args(args_cfg: Any, out_dir: Path, seed: int):
@@ -257,10 +307,12 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
     collator = make_collator(cfg, tokenizer)
     evaluations = llm_eval.prepare_evaluations(cfg, tokenizer, paths)
     bs = int(cfg.get("eval_batch_size", 16))
-    probes = {k: data[k] for k in SPLITS}
+    probes, probe_info = probe_sets({k: data[k] for k in SPLITS}, _probe_limit(cfg), seed)
+    write_json(run_dir / "eval" / "probe_indices.json", {k: v["indices"] for k, v in probe_info.items()})
     result: dict[str, Any] = {"track": "llm", "command": "train", "status": "completed", "model": _plain(cfg.model.get("model_args")),
-                              "data": {k: _data_info(data[k], cfg.data.get(k)) for k in ("full", *SPLITS)}, "stages": {}}
-    result["initial"] = {"nll": measure(model, probes, bs)[0]}
+                              "data": {k: _data_info(data[k], cfg.data.get(k)) for k in ("full", *SPLITS)},
+                              "probes": probe_summary(probe_info), "stages": {}}
+    result["initial"] = {"nll": measure(model, probes, bs, "initial")[0]}
     for stage in stages:
         if stage != stages[0]:
             model, tokenizer = load_model(cfg)
@@ -268,7 +320,7 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
         train_ds = data["full" if stage == "target" else "retain"]
         log.info("training the %s model on %d QA pairs", stage, len(train_ds))
         seconds, history = finetune(model, train_ds, collator, cfg.train.args, run_dir / "trainer" / stage, seed, bool(cfg.get("resume")))
-        means, per = measure(model, probes, bs)
+        means, per = measure(model, probes, bs, stage)
         # eval=tofu: eval/<stage>/TOFU_EVAL.json (the retain model's is the retain_logs_path of forget quality)
         tofu = {ev.name: llm_eval.run_info(ev, llm_eval.evaluate(model, tokenizer, ev, run_dir / "eval" / stage)) for ev in evaluations}
         out_dir = save_model_dir(model, tokenizer, run_dir / stage, cfg)
@@ -316,8 +368,10 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
     if run is not None:
         run.data_files.update({f"eval.{ev.name}.{k}": v for ev in evaluations for k, v in ev.files.items()})
     bs = int(cfg.get("eval_batch_size", 16))
-    probes = {"forget": forget, "retain": retain, "eval": evalset}
-    before, per_before = measure(model, probes, bs)
+    datasets = {"forget": forget, "retain": retain, "eval": evalset}
+    probes, probe_info = probe_sets(datasets, _probe_limit(cfg), seed)  # probe_samples rows per split (seeded)
+    write_json(run_dir / "eval" / "probe_indices.json", {k: v["indices"] for k, v in probe_info.items()})
+    before, per_before = measure(model, probes, bs, "before")
     write_json(run_dir / "eval" / "nll_before.json", per_before)
     from obliviate.pipelines.prune_llm import prepare_llm
 
@@ -356,7 +410,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         from obliviate.pruning import enforce_masks
 
         enforce_masks(model)  # pruned groups stay zero (merged adapters / one-shot methods)
-    after, per_after = measure(model, probes, bs)
+    after, per_after = measure(model, probes, bs, "after")
     write_json(run_dir / "eval" / "nll_after.json", per_after)
     tofu = {ev.name: llm_eval.evaluate(model, tokenizer, ev, run_dir) for ev in evaluations}  # TOFU_EVAL.json in the run dir
     model_dir = save_model_dir(model, tokenizer, run_dir / "model", cfg)
@@ -371,7 +425,9 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         "original_checkpoint": cfg.get("original_checkpoint"),
         "retrain_checkpoint": cfg.get("retrain_checkpoint"),
         "lora": _plain(cfg.get("lora")),
-        "data": {k: _data_info(ds, cfg.data.get(k)) for k, ds in probes.items()},
+        "data": {k: _data_info(ds, cfg.data.get(k)) for k, ds in datasets.items()},
+        # the NLL probes: rows measured (a seeded sample of probe_samples rows) of rows in each set
+        "probes": probe_summary(probe_info),
         "nll": {"before": before, "after": after, "delta": {k: after[k] - before[k] for k in after}},
         # mean answer NLL of the forget / retain sets at the start and end of unlearning
         **{f"{k}_loss_{when}": nll.get(k) for k in ("forget", "retain") for when, nll in (("start", before), ("end", after))},

@@ -37,6 +37,7 @@ from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json
 from obliviate.pipelines.common import timer
 from obliviate.pipelines.prune_structured import dual_prune, retain_batches_for, take_batches
+from obliviate.progress import progress
 from obliviate.pruning import param_counts
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def run_loraprune(cfg: DictConfig, run_dir: Path, opts: dict[str, Any]) -> dict[
     it = cycle(batches)
     peft.train()
     with timer() as t:
-        for step in range(steps):
+        for step in progress(range(steps), desc="LoRAPrune (LoRA training + pruning)", unit="step"):
             loss = lm_loss(peft, next(it))
             loss.backward()
             ratio = pruner.step(step)

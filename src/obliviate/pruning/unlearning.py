@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from obliviate.errors import ConfigError
+from obliviate.progress import progress
 from obliviate.pruning.groups import GroupMasks, GroupSet, discover_groups
 from obliviate.pruning.loraprune import group_importance
 
@@ -447,7 +448,7 @@ def lora_warmup(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn, steps
     it = cycle(list(batches))
     last = math.nan
     _clear_grads(model)
-    for _ in range(int(steps)):
+    for _ in progress(range(int(steps)), desc="LoRA warm-up", unit="step"):
         loss = loss_fn(model, next(it))
         loss.backward()
         opt.step()
