@@ -84,6 +84,14 @@ class DivergenceGuard:
         model.load_state_dict(self._snapshot)
         return self._snapshot_step
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to judge the retain loss as the uninterrupted run does."""
+        return {"start_retain": self.start_retain}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (saved next to a mid-training checkpoint)."""
+        self.start_retain = state.get("start_retain")
+
     def report(self) -> dict[str, Any]:
         return {"diverged": self.diverged, "reason": self.reason, "step": self.step, "restored_step": self._snapshot_step if self.diverged else None}
 

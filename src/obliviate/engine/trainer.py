@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -22,7 +23,11 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from obliviate.errors import ConfigError
+from obliviate.io import atomic_write_json, read_json
 from obliviate.methods.base import MethodContext, NoArgs, UnlearningMethod, make_config
+
+#: The divergence guard's state, saved in each mid-training checkpoint folder (resume).
+GUARD_STATE_FILE = "obliviate_guard.json"
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -149,6 +154,25 @@ class UnlearningTrainer(Trainer):
         for key, value in logs.items():
             self._method_logs[key].append(float(value))
         return (loss, None) if return_outputs else loss
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; a resumed run also restores the divergence guard's reference retain loss."""
+        if isinstance(resume_from_checkpoint, str) and self.guard is not None:
+            state = Path(resume_from_checkpoint) / GUARD_STATE_FILE
+            if state.is_file():
+                self.guard.load_state_dict(read_json(state))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # The guard's state goes into the checkpoint folder before the Trainer's files: the
+        # Trainer writes trainer_state.json last, and only folders with it are resumed from.
+        if self.guard is not None:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            if self.args.should_save:
+                atomic_write_json(folder / GUARD_STATE_FILE, self.guard.state_dict())
+        super()._save_checkpoint(model, trial)
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         """One micro-batch: seeds the method's generator from (seed, step) so a resumed run

@@ -245,12 +245,28 @@ class TofuEvalCallback(TrainerCallback):
         generate: ROUGE during training (``None``: the evaluator's setting).
     """
 
+    HISTORY_FILE = "during_training.json"
+
     def __init__(self, evaluations: list[Evaluation], tokenizer: Any, out_dir: Path, every_steps: int | None = None,
                  per_epoch: bool = False, generate: bool | None = None) -> None:
         self.evaluations, self.tokenizer, self.out_dir = evaluations, tokenizer, Path(out_dir)
         self.every_steps, self.per_epoch, self.generate = int(every_steps or 0), bool(per_epoch), generate
         self.done: set[int] = set()
         self.history: list[dict[str, Any]] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A resumed run (``global_step > 0``) keeps the evaluations made up to its checkpoint.
+
+        The history is also on disk (``<out_dir>/during_training.json``, rewritten after each
+        evaluation); entries after the checkpoint's step are dropped: the resumed run redoes them.
+        """
+        path = self.out_dir / self.HISTORY_FILE
+        step = int(state.global_step)
+        if step <= 0 or not path.is_file():
+            return
+        kept = [e for e in read_json(path) if int(e["step"]) <= step]
+        self.history = kept
+        self.done = {int(e["step"]) for e in kept}
 
     def _run(self, state: Any, model: nn.Module | None) -> None:
         from obliviate.distributed import is_main_process
@@ -263,6 +279,7 @@ class TofuEvalCallback(TrainerCallback):
             out = evaluate(model, self.tokenizer, ev, self.out_dir / f"step_{step}", generate=self.generate, write_eval=False)
             entry = {"step": step, "epoch": state.epoch, "evaluator": ev.name, **headline(out["summary"])}
             self.history.append(entry)
+            write_json_main(self.out_dir / self.HISTORY_FILE, self.history)
             log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)))
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
