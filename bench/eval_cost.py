@@ -12,6 +12,14 @@ Run: ``.venv/bin/python bench/eval_cost.py`` (tiny random Llama, in-process) or
 Scenarios: ``target`` (answers the model reproduces, as for the fine-tuned model before
 unlearning), ``unlearned`` (forget answers no longer reproduced), ``random`` (nothing
 reproduced: the worst case for reusing teacher forcing in generation).
+
+Real configuration: ``--data tofu --tofu ../shared/data/tofu`` evaluates SmolLM2-135M-Instruct
+(loaded by obliviate, as ``obliviate eval model=SmolLM2-135M-Instruct`` does) on the real TOFU
+splits of ``--forget-split`` (default forget01: forget01_perturbed, retain_perturbed, real
+authors, world facts, holdout01), tokenised with the model's chat template exactly as
+``obliviate eval`` tokenises them. The naive side then runs at the reference framework's
+batch size (``--naive-batch-size``, 32) and ours with ``eval=tofu``'s defaults; both once
+(``--repeats 1``: at full size a run takes tens of minutes on one CPU thread).
 """
 
 from __future__ import annotations
@@ -149,6 +157,15 @@ def _batches(seqs: list[dict[str, Any]], bs: int, pad: int):
         yield ids, am, lab
 
 
+def _prompt(sample: dict[str, Any]) -> list[int]:
+    """The generation prompt: ``prompt_ids``, else the unlabelled head of ``input_ids``."""
+    if sample.get("prompt_ids") is not None:
+        return list(sample["prompt_ids"])
+    labels = list(sample["labels"])
+    start = next((t for t, lab in enumerate(labels) if lab != -100), len(labels))
+    return list(sample["input_ids"][:start])
+
+
 class Naive:
     """One pass per metric, reference-style (full-vocabulary log-softmax per batch)."""
 
@@ -185,7 +202,7 @@ class Naive:
         self.meter.phase = "gen"
         texts = []
         for s in range(0, len(samples), self.bs):
-            chunk = [x["prompt_ids"] for x in samples[s : s + self.bs]]
+            chunk = [_prompt(x) for x in samples[s : s + self.bs]]
             w = max(map(len, chunk))
             ids = torch.tensor([[self.pad] * (w - len(p)) + p for p in chunk])
             am = torch.tensor([[0] * (w - len(p)) + [1] * len(p) for p in chunk])
@@ -241,9 +258,9 @@ class Naive:
 
 # ---------------------------------------------------------------------- bench
 def run_ours(
-    model: torch.nn.Module, tok: Any, splits: dict[str, Any], meter: Meter, bs: int, max_new: int
+    model: torch.nn.Module, tok: Any, splits: dict[str, Any], meter: Meter, bs: int, max_new: int, gen_bs: int | None = None
 ) -> tuple[dict[str, float], ForwardRunner]:
-    runner = ForwardRunner(model, batch_size=bs, pad_token_id=tok.pad_token_id)
+    runner = ForwardRunner(model, batch_size=bs, generation_batch_size=gen_bs, pad_token_id=tok.pad_token_id)
     orig = model.generate
 
     def counted_generate(*a: Any, **kw: Any) -> Any:
@@ -264,28 +281,34 @@ def run_ours(
 
 
 def bench(
-    model: torch.nn.Module, tok: Any, meter: Meter, scenario: str, sizes: dict[str, int], bs: int, max_new: int, repeats: int
+    model: torch.nn.Module, tok: Any, meter: Meter, scenario: str, sizes: dict[str, int] | None, bs: int, max_new: int, repeats: int,
+    splits: dict[str, list[dict[str, Any]]] | None = None, naive_bs: int | None = None, gen_bs: int | None = None,
 ) -> dict[str, float]:
-    splits = make_data(model, tok, sizes, scenario, max_new)
-    naive = Naive(model, tok, meter, bs, max_new)
+    """Naive vs obliviate on ``splits`` (default: synthetic ones of ``sizes``); prints the table, returns the ratios."""
+    splits = splits if splits is not None else make_data(model, tok, sizes or {}, scenario, max_new)
+    sizes = {k: len(v) for k, v in splits.items()}
+    naive = Naive(model, tok, meter, naive_bs or bs, max_new)
     warm = {k: v[:2] for k, v in splits.items()}
     naive.evaluate(warm)
-    run_ours(model, tok, warm, meter, bs, max_new)
-    t_naive, t_ours = [], []
+    run_ours(model, tok, warm, meter, bs, max_new, gen_bs)
+    t_naive, t_ours, c_naive, c_ours = [], [], [], []
     for _ in range(repeats):  # alternate, keep the best of each (shared machine)
         meter.reset()
-        t0 = time.perf_counter()
+        t0, p0 = time.perf_counter(), time.process_time()
         ref = naive.evaluate(splits)
         t_naive.append(time.perf_counter() - t0)
+        c_naive.append(time.process_time() - p0)
         n_calls, n_seq, n_tok = dict(meter.calls), meter.sequences, meter.tokens
         meter.reset()
-        t0 = time.perf_counter()
-        ours, runner = run_ours(model, tok, splits, meter, bs, max_new)
+        t0, p0 = time.perf_counter(), time.process_time()
+        ours, runner = run_ours(model, tok, splits, meter, bs, max_new, gen_bs)
         t_ours.append(time.perf_counter() - t0)
+        c_ours.append(time.process_time() - p0)
         o_calls = dict(meter.calls)
     diff = max(abs(ref[k] - ours[k]) for k in ref if ours.get(k) is not None and math.isfinite(ref[k]))
     c = runner.counter
-    print(f"\n== scenario '{scenario}': {', '.join(f'{k}={v}' for k, v in sizes.items())}; batch {bs}; max_new_tokens {max_new}")
+    print(f"\n== scenario '{scenario}': {', '.join(f'{k}={v}' for k, v in sizes.items())}; batch {naive_bs or bs} (naive) / "
+          f"{bs} teacher-forced + {gen_bs or bs} generation (obliviate); max_new_tokens {max_new}; load {_load()}")
     print(f"{'':34}{'naive':>10}{'obliviate':>11}{'ratio':>8}")
     rows = [
         ("teacher-forced forward calls", n_calls["tf"], o_calls["tf"]),
@@ -294,14 +317,39 @@ def bench(
         ("generation forward calls", n_calls["gen"], o_calls["gen"]),
         ("all forward calls", sum(n_calls.values()), sum(o_calls.values())),
         ("wall time [s] (best of %d)" % repeats, min(t_naive), min(t_ours)),
+        ("CPU time [s] (best of %d)" % repeats, min(c_naive), min(c_ours)),
     ]
     for name, a, b in rows:
         ratio = a / b if b else float("inf")
         print(f"{name:34}{a:>10.4g}{b:>11.4g}{ratio:>7.2f}x")
-    print(f"obliviate: {c.forward_rows} packed rows, {c.generate_calls} generate calls for {c.generated_prompts} prompts, "
-          f"{c.draft_tokens} greedy tokens taken from teacher forcing; max |naive - obliviate| over agg values: {diff:.2e}")
+    print(f"obliviate: {c.forward_rows} packed rows, {c.generate_calls} generate calls for {c.generated_prompts} prompts "
+          f"({c.generation_steps} decoding steps, {c.generated_tokens} new tokens), {c.draft_tokens} greedy tokens taken from "
+          f"teacher forcing; max |naive - obliviate| over agg values: {diff:.2e}")
     return {"tf": n_calls["tf"] / max(1, o_calls["tf"]), "all": sum(n_calls.values()) / max(1, sum(o_calls.values())),
-            "time": min(t_naive) / min(t_ours)}
+            "time": min(t_naive) / min(t_ours), "cpu": min(c_naive) / min(c_ours), "naive_s": min(t_naive), "ours_s": min(t_ours),
+            "naive_cpu_s": min(c_naive), "ours_cpu_s": min(c_ours), "max_diff": diff}
+
+
+def _load() -> str:
+    import os
+
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def real_tofu(tofu: str, forget_split: str, max_new: int) -> tuple[torch.nn.Module, Any, dict[str, list[dict[str, Any]]]]:
+    """SmolLM2-135M-Instruct and the real TOFU evaluation splits, as ``obliviate eval`` loads and tokenises them."""
+    from hydra import compose, initialize_config_module
+
+    import obliviate.config_resolvers  # noqa: F401
+    from obliviate.pipelines import llm_eval
+    from obliviate.pipelines.llm import load_model, text_data_paths
+
+    with initialize_config_module("obliviate.configs", version_base="1.3"):
+        cfg = compose("eval", overrides=["model=SmolLM2-135M-Instruct", f"paths.tofu={tofu}", f"forget_split={forget_split}",
+                                         f"eval.tofu.max_new_tokens={max_new}", "paths.output_dir=bench_out/eval_cost"])
+    model, tok = load_model(cfg)
+    ev = llm_eval.prepare_evaluations(cfg, tok, text_data_paths(cfg))[0]
+    return model.eval(), tok, ev.splits
 
 
 def main() -> None:
@@ -314,9 +362,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
     ap.add_argument("--scenario", choices=("target", "unlearned", "random", "all"), default="all")
+    ap.add_argument("--data", choices=("synthetic", "tofu"), default="synthetic",
+                    help="tofu: SmolLM2-135M-Instruct on the real TOFU splits (--tofu, --forget-split)")
+    ap.add_argument("--tofu", default="../shared/data/tofu", help="TOFU folder of <split>.json files (--data tofu)")
+    ap.add_argument("--forget-split", default="forget01")
+    ap.add_argument("--naive-batch-size", type=int, default=None, help="naive batch (default: --batch-size; 32 with --data tofu)")
+    ap.add_argument("--generation-batch-size", type=int, default=None, help="obliviate's generate batch (default: --batch-size; "
+                    "32 with --data tofu, as eval=tofu)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
+    if args.data == "tofu":
+        model, tok, splits = real_tofu(args.tofu, args.forget_split, args.max_new_tokens)
+        r = bench(model, tok, Meter(model), f"tofu {args.forget_split}", None, args.batch_size, args.max_new_tokens, args.repeats,
+                  splits=splits, naive_bs=args.naive_batch_size or 32, gen_bs=args.generation_batch_size or 32)
+        print(f"\nsummary (naive / obliviate): time {r['time']:.2f}x, CPU time {r['cpu']:.2f}x, all forward calls {r['all']:.1f}x")
+        return
     model, tok = build_model(args.model, args.layers)
     sizes = {"forget": args.n, "retain": args.n, "ra": args.n // 2, "wf": args.n // 2, "holdout": args.n}
     scenarios = ("target", "unlearned", "random") if args.scenario == "all" else (args.scenario,)

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
 from transformers import set_seed
 
 from obliviate.data import ForgetRetainDataset, PairCollator, check_no_overlap, content_key
@@ -162,24 +161,26 @@ def make_collator(cfg: DictConfig, tokenizer: Any) -> DataCollatorForSupervisedD
 def answer_nll(model: nn.Module, dataset: QADataset, batch_size: int = 16, desc: str = "answer NLL") -> list[float]:
     """Mean answer-token NLL of every sequence of ``dataset`` (one value per answer option).
 
-    Shows a progress bar (``desc``) over the dataset's items.
+    One teacher-forced pass per row through :class:`~obliviate.metrics.runner.ForwardRunner`
+    (rows sorted by length, the answer options of a row packed after their shared prompt, the
+    LM head only at answer positions), with a progress bar labelled ``desc``.
     """
-    from obliviate.progress import progress
+    from obliviate.metrics.runner import ForwardRunner
 
-    adapter = CausalLMAdapter()
+    groups = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        options = item if isinstance(item, list) else [item]
+        groups.append([{"input_ids": o["input_ids"].tolist(), "labels": o["labels"].tolist()} for o in options])
+    pad = getattr(dataset.tokenizer, "pad_token_id", None)
+    runner = ForwardRunner(model, batch_size=batch_size, pad_token_id=0 if pad is None else int(pad))
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    out: list[float] = []
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=DataCollatorForSupervisedDataset(dataset.tokenizer))
-    with progress(total=len(dataset), desc=desc, unit="row") as bar:
-        for batch in loader:
-            lm = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
-            nll, _ = adapter.per_sample_nll(model, lm)  # [b]
-            out.extend(nll.float().cpu().tolist())
-            bar.update(min(batch_size, len(dataset) - bar.n))
-    model.train(was_training)
-    return out
+    try:
+        records = runner.score(groups, needs={}, desc=desc)
+    finally:
+        model.train(was_training)
+    return [-float(r.logp.mean()) if r.logp.size else 0.0 for group in records for r in group]
 
 
 def probe_sets(datasets: dict[str, QADataset | None], limit: int | None, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:

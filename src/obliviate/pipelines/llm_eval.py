@@ -188,6 +188,7 @@ def evaluate(model: nn.Module, tokenizer: Any, ev: Evaluation, out_dir: Path | N
         warnings.simplefilter("always", UserWarning)
         results = evaluate_tofu(
             model, tokenizer, ev.splits, batch_size=int(c.get("batch_size", 8)), max_new_tokens=int(c.get("max_new_tokens", 200)),
+            generation_batch_size=int(c.get("generation_batch_size") or c.get("batch_size", 8)),
             generate=bool(c.get("generate", True) if generate is None else generate), mia_k=float(c.get("mia_k", 0.4)),
             retain_logs_path=logs, privleak_ref_auc=c.get("privleak_ref_auc", 0.5),
         )

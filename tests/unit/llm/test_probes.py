@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from obliviate.models.adapters import CausalLMAdapter
+from obliviate.metrics.runner import ForwardRunner
 from obliviate.pipelines import llm
 
 
@@ -50,24 +49,24 @@ def _cfg(tofu, out, *extra):
 
 @pytest.fixture
 def probe_rows(monkeypatch):
-    """Rows scored by gradient-free per-sequence NLL calls: the probes (training runs with gradients)."""
+    """Sequences through the probes' teacher-forced passes (training does not use the runner)."""
     calls: list[int] = []
-    original = CausalLMAdapter.per_sample_nll
+    original = ForwardRunner.score
 
-    def counted(self, model, batch, labels=None):
-        if not torch.is_grad_enabled():
-            calls.append(int(batch["input_ids"].shape[0]))
-        return original(self, model, batch, labels)
+    def counted(self, groups, *args, **kwargs):
+        out = original(self, groups, *args, **kwargs)
+        calls.append(self.counter.forward_sequences)
+        return out
 
-    monkeypatch.setattr(CausalLMAdapter, "per_sample_nll", counted)
+    monkeypatch.setattr(ForwardRunner, "score", counted)
     return calls
 
 
 def test_probes_are_bounded_and_reported(tofu, tmp_path, probe_rows):
     out = tmp_path / "run"
     res = llm.run_unlearning(_cfg(tofu, out, "probe_samples=64"), out)
-    # before and after: forget 12 + retain 64 (of 1,000) + eval 12, never the whole retain file
-    assert sum(probe_rows) == 2 * (12 + 64 + 12)
+    # before and after: forget 12 + retain 64 (of 1,000) + eval 12 sequences, never the whole retain file
+    assert probe_rows == [12, 64, 12, 12, 64, 12]
     m = json.loads((out / "metrics.json").read_text())
     assert m["probes"] == {"forget": {"n": 12, "of": 12, "sampled": False}, "retain": {"n": 64, "of": 1000, "sampled": True},
                            "eval": {"n": 12, "of": 12, "sampled": False}}
