@@ -213,6 +213,46 @@ def part_b(tofu: str, out: Path, max_new: int, naive: bool) -> dict[str, Any]:
     return res
 
 
+def part_dtype(tofu: str, out: Path, max_new: int, rows: int) -> dict[str, Any]:
+    """(c) What bfloat16 weights would change: ``obliviate eval`` on the first ``rows`` rows of
+    every split in float32 (the SmolLM2 config) and with the model cast to bfloat16, alternated
+    in one process; times and the largest change of a headline value."""
+    from obliviate.pipelines import llm
+
+    original_load = llm.load_model
+    state = {"dtype": torch.float32}
+
+    def load_cast(cfg: Any) -> Any:
+        model, tok = original_load(cfg)
+        return model.to(state["dtype"]), tok
+
+    llm.load_model = load_cast
+    res: dict[str, Any] = {"rows_per_split": rows, "runs": []}
+    for dtype in (torch.float32, torch.bfloat16, torch.float32, torch.bfloat16):
+        state["dtype"] = dtype
+        run_dir = out / f"eval_dtype_{str(dtype).split('.')[-1]}"
+        args = ["eval", "model=SmolLM2-135M-Instruct", f"paths.tofu={tofu}", "forget_split=forget01", "holdout_split=holdout01",
+                f"eval.tofu.max_new_tokens={max_new}", f"eval.tofu.max_samples={rows}", f"paths.output_dir={run_dir}",
+                f"paths.cache_dir={out / 'tok_cache_eval'}", "overwrite=true"]
+        w = _run_cli(args)
+        m = json.loads((run_dir / "metrics.json").read_text())
+        res["runs"].append({"dtype": str(dtype), "wall_s": w[0], "cpu_s": w[1], "eval_time_s": m["eval"]["tofu"]["eval_time_s"],
+                            "summary": m["eval"]["tofu"]["summary"], "load": load()})
+    llm.load_model = original_load
+    best = {d: min(r["cpu_s"] for r in res["runs"] if r["dtype"] == d) for d in ("torch.float32", "torch.bfloat16")}
+    ev = {d: min(r["eval_time_s"] for r in res["runs"] if r["dtype"] == d) for d in best}
+    f32 = next(r["summary"] for r in res["runs"] if r["dtype"] == "torch.float32")
+    b16 = next(r["summary"] for r in res["runs"] if r["dtype"] == "torch.bfloat16")
+    diff = {k: abs(f32[k] - b16[k]) for k in f32 if isinstance(f32[k], float) and isinstance(b16.get(k), float)}
+    res.update({"best_cpu_s": best, "best_eval_wall_s": ev, "speedup_cpu": best["torch.float32"] / best["torch.bfloat16"],
+                "speedup_eval_wall": ev["torch.float32"] / ev["torch.bfloat16"], "abs_diff": diff})
+    print(f"\n== (c) float32 vs bfloat16 weights, obliviate eval on {rows} rows per split, ROUGE at {max_new} tokens")
+    print(f"command CPU s (best of 2): float32 {best['torch.float32']:.1f}, bfloat16 {best['torch.bfloat16']:.1f} "
+          f"({res['speedup_cpu']:.2f}x); evaluation wall s: {ev['torch.float32']:.1f} vs {ev['torch.bfloat16']:.1f} "
+          f"({res['speedup_eval_wall']:.2f}x); largest headline change: " + ", ".join(f"{k} {v:.3g}" for k, v in sorted(diff.items())))
+    return res
+
+
 def naive_baseline(tofu: str, max_new: int) -> dict[str, Any]:
     """bench/eval_cost.py's naive one-pass-per-metric evaluation vs obliviate's on the same real splits."""
     import eval_cost
@@ -226,7 +266,9 @@ def naive_baseline(tofu: str, max_new: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=("a", "b", "all"), default="all")
+    ap.add_argument("--part", choices=("a", "b", "c", "all"), default="all", help="a: seed-001, b: eval, c: float32 vs bfloat16 "
+                    "eval on --dtype-rows rows (not in all)")
+    ap.add_argument("--dtype-rows", type=int, default=40)
     ap.add_argument("--tofu", default="../shared/data/tofu", help="TOFU folder of <split>.json files")
     ap.add_argument("--out", default="bench_out/llm_realsize")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -243,6 +285,8 @@ def main() -> None:
         results["seed001"] = part_a(args.tofu, out, args.probe_all)
     if args.part in ("b", "all"):
         results["eval"] = part_b(args.tofu, out, args.max_new_tokens, args.naive)
+    if args.part == "c":
+        results["dtype"] = part_dtype(args.tofu, out, args.max_new_tokens, args.dtype_rows)
     (out / f"results_{args.part}.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"\nresults: {out / f'results_{args.part}.json'}")
 

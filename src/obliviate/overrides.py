@@ -97,10 +97,10 @@ def _check_key(cfg: Any, key: str, text: str, command: str) -> bool:
         if i == 0 and _is_group(part) and len(parts) > 1:
             raise ConfigError(f"cannot set '{text}': no {part} config is selected in this {command} config; "
                               f"select one first, e.g. {part}=<name> ({', '.join(_group_options(part)[:6])})")
-        if parent in TRAINING_ARGS_NODES and i == len(parts) - 1:
+        if parent in TRAINING_ARGS_NODES:
             fields = training_argument_fields()
             if part in fields:
-                return True
+                return True  # also a key inside a dict-valued field (lr_scheduler_kwargs.x)
             close = difflib.get_close_matches(part, sorted(fields), n=3, cutoff=0.6)
             raise ConfigError(f"'{parent}.{part}' is not a transformers.TrainingArguments field.{_hint([f'{parent}.{c}' for c in close])}")
         if walked and walked[-1] in KWARGS_NODES:

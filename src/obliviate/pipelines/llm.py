@@ -209,7 +209,7 @@ def probe_sets(datasets: dict[str, QADataset | None], limit: int | None, seed: i
             continue
         idx = sorted(np.random.default_rng(seed).choice(n, int(limit), replace=False).tolist())
         sub = Subset(ds, idx)
-        sub.tokenizer = ds.tokenizer  # answer_nll builds its collator from it
+        sub.tokenizer = ds.tokenizer  # answer_nll reads its pad token
         out[name], info[name] = sub, {"n": len(idx), "of": n, "indices": idx}
     return out, info
 

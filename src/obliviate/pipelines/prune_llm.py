@@ -196,10 +196,10 @@ def _llm_parts(forget: Any, retain: Any, collator: Any, opts: dict[str, Any], se
     rb = retain_batches_for(fb, retain, collator, bs, float(opts.get("forget_retain_ratio", 1.0)), seed)
     n = min(int(opts.get("retain_eval_samples", 256)), len(retain))
     probe = Subset(retain, np.random.default_rng(seed).choice(len(retain), n, replace=False).tolist())
-    probe.tokenizer = retain.tokenizer  # answer_nll builds its collator from it
+    probe.tokenizer = retain.tokenizer  # answer_nll reads its pad token
 
     def retain_eval(m: nn.Module) -> float:
-        vals = answer_nll(m, probe, eval_batch_size)
+        vals = answer_nll(m, probe, eval_batch_size, desc="retain NLL (prune safeguard)")
         return float(sum(vals) / len(vals))
 
     return fb, rb, retain_eval

@@ -16,10 +16,10 @@ LLM = ["experiment=llm/tofu_synthetic"]
 
 def test_training_arguments_fields_become_force_adds():
     out = check_overrides("unlearn", [*LLM, "trainer.args.max_steps=3", "trainer.args.eval_strategy=no", "train.args.max_steps=2",
-                                      "trainer.args.learning_rate=1e-4"])
+                                      "trainer.args.learning_rate=1e-4", "trainer.args.lr_scheduler_kwargs.power=2"])
     # fields the YAML does not list are added (++), listed ones stay plain overrides
     assert out == [*LLM, "++trainer.args.max_steps=3", "++trainer.args.eval_strategy=no", "++train.args.max_steps=2",
-                   "trainer.args.learning_rate=1e-4"]
+                   "trainer.args.learning_rate=1e-4", "++trainer.args.lr_scheduler_kwargs.power=2"]
     assert {"max_steps", "eval_strategy", "save_strategy", "lr_scheduler_kwargs"} <= training_argument_fields()
 
 
