@@ -281,7 +281,8 @@ def run_ours(
 
 
 def bench(
-    model: torch.nn.Module, tok: Any, meter: Meter, scenario: str, sizes: dict[str, int] | None, bs: int, max_new: int, repeats: int,
+    model: torch.nn.Module, tok: Any, meter: Meter, scenario: str, sizes: dict[str, int] | None, bs: int, max_new: int,
+    repeats: int,
     splits: dict[str, list[dict[str, Any]]] | None = None, naive_bs: int | None = None, gen_bs: int | None = None,
 ) -> dict[str, float]:
     """Naive vs obliviate on ``splits`` (default: synthetic ones of ``sizes``); prints the table, returns the ratios."""
@@ -376,7 +377,8 @@ def main() -> None:
         model, tok, splits = real_tofu(args.tofu, args.forget_split, args.max_new_tokens)
         r = bench(model, tok, Meter(model), f"tofu {args.forget_split}", None, args.batch_size, args.max_new_tokens, args.repeats,
                   splits=splits, naive_bs=args.naive_batch_size or 32, gen_bs=args.generation_batch_size or 32)
-        print(f"\nsummary (naive / obliviate): time {r['time']:.2f}x, CPU time {r['cpu']:.2f}x, all forward calls {r['all']:.1f}x")
+        print(f"\nsummary (naive / obliviate): time {r['time']:.2f}x, CPU time {r['cpu']:.2f}x, "
+              f"all forward calls {r['all']:.1f}x")
         return
     model, tok = build_model(args.model, args.layers)
     sizes = {"forget": args.n, "retain": args.n, "ra": args.n // 2, "wf": args.n // 2, "holdout": args.n}

@@ -202,10 +202,12 @@ def part_b(tofu: str, out: Path, max_new: int, naive: bool) -> dict[str, Any]:
            "counter": vars(counter), "forward_calls": dict(calls), "n": m["eval"]["tofu"]["n"],
            "summary": m["eval"]["tofu"]["summary"], "eval_wall_s": sum(eval_s.values()),
            "eval_cpu_s": ph.cpu["teacher-forced passes"] + ph.cpu["generation (ROUGE)"]}
-    print(f"\n== (b) obliviate eval, forget01, all splits, ROUGE at {max_new} new tokens (load {load_before} -> {res['load_after']})")
+    print(f"\n== (b) obliviate eval, forget01, all splits, ROUGE at {max_new} new tokens "
+          f"(load {load_before} -> {res['load_after']})")
     print(_table(rows, total))
     print(f"samples: {m['eval']['tofu']['n']}; teacher-forced: {calls['tf']} forward calls, {counter.forward_rows} rows, "
-          f"{counter.forward_sequences} sequences, {counter.forward_tokens} tokens (LM head on {counter.head_tokens}); generation: "
+          f"{counter.forward_sequences} sequences, {counter.forward_tokens} tokens (LM head on {counter.head_tokens}); "
+          "generation: "
           f"{calls['gen']} forward calls in {counter.generate_calls} generate calls for {counter.generated_prompts} prompts, "
           f"{counter.generated_tokens} generated tokens + {counter.draft_tokens} taken from teacher forcing")
     if naive:
@@ -249,7 +251,8 @@ def part_dtype(tofu: str, out: Path, max_new: int, rows: int) -> dict[str, Any]:
     print(f"\n== (c) float32 vs bfloat16 weights, obliviate eval on {rows} rows per split, ROUGE at {max_new} tokens")
     print(f"command CPU s (best of 2): float32 {best['torch.float32']:.1f}, bfloat16 {best['torch.bfloat16']:.1f} "
           f"({res['speedup_cpu']:.2f}x); evaluation wall s: {ev['torch.float32']:.1f} vs {ev['torch.bfloat16']:.1f} "
-          f"({res['speedup_eval_wall']:.2f}x); largest headline change: " + ", ".join(f"{k} {v:.3g}" for k, v in sorted(diff.items())))
+          f"({res['speedup_eval_wall']:.2f}x); largest headline change: "
+          + ", ".join(f"{k} {v:.3g}" for k, v in sorted(diff.items())))
     return res
 
 

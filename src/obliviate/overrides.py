@@ -89,8 +89,8 @@ def _check_key(cfg: Any, key: str, text: str, command: str) -> bool:
         if keys is None:  # a null / non-dict node on the way
             group = parts[0] if _is_group(parts[0]) and i == 1 else None
             fix = f"; select one first, e.g. {group}=<name> ({', '.join(_group_options(group)[:4])})" if group else ""
-            raise ConfigError(f"cannot set '{text}': '{parent}' is {'null' if node is None or node._is_none() else 'not a mapping'} "
-                              f"in this {command} config{fix}")
+            what = "null" if node is None or node._is_none() else "not a mapping"
+            raise ConfigError(f"cannot set '{text}': '{parent}' is {what} in this {command} config{fix}")
         if part in keys:
             node, walked = _child(node, part), [*walked, part]
             continue
@@ -102,7 +102,8 @@ def _check_key(cfg: Any, key: str, text: str, command: str) -> bool:
             if part in fields:
                 return True  # also a key inside a dict-valued field (lr_scheduler_kwargs.x)
             close = difflib.get_close_matches(part, sorted(fields), n=3, cutoff=0.6)
-            raise ConfigError(f"'{parent}.{part}' is not a transformers.TrainingArguments field.{_hint([f'{parent}.{c}' for c in close])}")
+            hint = _hint([f"{parent}.{c}" for c in close])
+            raise ConfigError(f"'{parent}.{part}' is not a transformers.TrainingArguments field.{hint}")
         if walked and walked[-1] in KWARGS_NODES:
             raise ConfigError(f"'{parent}' has no key '{part}' (in '{text}'); to pass a new argument write +{key}=...")
         close = [f"{parent}.{c}" if parent else c for c in difflib.get_close_matches(part, keys, n=3, cutoff=0.6)]

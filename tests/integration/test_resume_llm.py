@@ -31,7 +31,8 @@ def test_killed_llm_run_resumes_to_the_same_metrics(tmp_path):
 
     killed = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([OBLIVIATE, *_args(killed, cache)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen([OBLIVIATE, *_args(killed, cache)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
     target = killed / "trainer" / "checkpoint-8"
     deadline = time.time() + 300
     while not (target / "trainer_state.json").is_file() and proc.poll() is None and time.time() < deadline:
@@ -50,7 +51,8 @@ def test_killed_llm_run_resumes_to_the_same_metrics(tmp_path):
     for key in ("forget_truth_ratio", "forget_Q_A_Prob", "retain_Q_A_Prob", "model_utility", "mia_min_k"):
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
     # the evaluations made before the kill are kept, those after the checkpoint redone once
-    assert [e["step"] for e in got["eval_during_training"]] == [e["step"] for e in expected["eval_during_training"]] == [4, 8, 12, 16, 20, 24]
+    steps = [e["step"] for e in expected["eval_during_training"]]
+    assert [e["step"] for e in got["eval_during_training"]] == steps == [4, 8, 12, 16, 20, 24]
     for a, b in zip(got["eval_during_training"], expected["eval_during_training"]):
         assert a["forget_Q_A_Prob"] == pytest.approx(b["forget_Q_A_Prob"], abs=1e-6)
     losses = [h["loss"] for h in expected["log_history"] if "loss" in h]

@@ -298,8 +298,9 @@ class ForwardRunner:
                 p_idx = [p for _, pos, _ in targets for p in pos]
                 labels = torch.tensor([x for _, _, lab in targets for x in lab], dtype=torch.long)
                 wants = [everything if needs is None else needs.get(key, set()) for key, _, _ in targets]
-                want_pred = torch.tensor([("pred" in w) for w, (_, pos, _) in zip(wants, targets) for _ in pos], dtype=torch.bool)
-                want_vocab = torch.tensor([("vocab" in w) for w, (_, pos, _) in zip(wants, targets) for _ in pos], dtype=torch.bool)
+                per_token = [w for w, (_, pos, _) in zip(wants, targets) for _ in pos]
+                want_pred = torch.tensor([("pred" in w) for w in per_token], dtype=torch.bool)
+                want_vocab = torch.tensor([("vocab" in w) for w in per_token], dtype=torch.bool)
                 logits = self._forward(batch, r_idx, p_idx)  # [n, v]
                 logp_parts, pred_parts, mu_parts, sigma_parts = [], [], [], []
                 for c in range(0, len(p_idx), _TOKEN_CHUNK):
@@ -307,7 +308,8 @@ class ForwardRunner:
                     lsm = torch.log_softmax(sel, dim=-1)
                     lab = labels[c : c + _TOKEN_CHUNK].to(lsm.device)
                     logp_parts.append(lsm.gather(-1, lab.unsqueeze(-1)).squeeze(-1).cpu())
-                    wp, wv = want_pred[c : c + _TOKEN_CHUNK].to(lsm.device), want_vocab[c : c + _TOKEN_CHUNK].to(lsm.device)
+                    wp = want_pred[c : c + _TOKEN_CHUNK].to(lsm.device)
+                    wv = want_vocab[c : c + _TOKEN_CHUNK].to(lsm.device)
                     if bool(wp.any()):
                         pred_parts.append(sel[wp].argmax(-1).cpu())
                     if bool(wv.any()):
@@ -321,7 +323,8 @@ class ForwardRunner:
                 at = at_pred = at_vocab = 0
                 for ((g, v), pos, lab), want in zip(targets, wants):
                     n = len(pos)
-                    rec = TokenRecord(logp=logp[at : at + n].astype(np.float64), pred=None, labels=np.asarray(lab, dtype=np.int64))
+                    rec = TokenRecord(logp=logp[at : at + n].astype(np.float64), pred=None,
+                                      labels=np.asarray(lab, dtype=np.int64))
                     if "pred" in want:
                         rec.pred = pred[at_pred : at_pred + n].astype(np.int64)
                         at_pred += n
