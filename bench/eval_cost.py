@@ -337,17 +337,21 @@ def _load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def real_tofu(tofu: str, forget_split: str, max_new: int) -> tuple[torch.nn.Module, Any, dict[str, list[dict[str, Any]]]]:
+def real_tofu(tofu: str, forget_split: str, max_new: int,
+              max_samples: int | None = None) -> tuple[torch.nn.Module, Any, dict[str, list[dict[str, Any]]]]:
     """SmolLM2-135M-Instruct and the real TOFU evaluation splits, as ``obliviate eval`` loads and tokenises them."""
     from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
 
     import obliviate.config_resolvers  # noqa: F401
     from obliviate.pipelines import llm_eval
     from obliviate.pipelines.llm import load_model, text_data_paths
 
+    GlobalHydra.instance().clear()
     with initialize_config_module("obliviate.configs", version_base="1.3"):
         cfg = compose("eval", overrides=["model=SmolLM2-135M-Instruct", f"paths.tofu={tofu}", f"forget_split={forget_split}",
-                                         f"eval.tofu.max_new_tokens={max_new}", "paths.output_dir=bench_out/eval_cost"])
+                                         f"eval.tofu.max_new_tokens={max_new}", "paths.output_dir=bench_out/eval_cost",
+                                         *([f"eval.tofu.max_samples={max_samples}"] if max_samples else [])])
     model, tok = load_model(cfg)
     ev = llm_eval.prepare_evaluations(cfg, tok, text_data_paths(cfg))[0]
     return model.eval(), tok, ev.splits

@@ -147,7 +147,7 @@ def part_a(tofu: str, out: Path, probe_all: bool) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- (b) eval
-def part_b(tofu: str, out: Path, max_new: int, naive: bool) -> dict[str, Any]:
+def part_b(tofu: str, out: Path, max_new: int, naive: bool, max_samples: int | None = None) -> dict[str, Any]:
     from obliviate.metrics import runner as R
     from obliviate.pipelines import llm, llm_eval
 
@@ -189,7 +189,7 @@ def part_b(tofu: str, out: Path, max_new: int, naive: bool) -> dict[str, Any]:
     run_dir = out / "eval_forget01"
     args = ["eval", "model=SmolLM2-135M-Instruct", f"paths.tofu={tofu}", "forget_split=forget01", "holdout_split=holdout01",
             f"eval.tofu.max_new_tokens={max_new}", f"paths.output_dir={run_dir}", f"paths.cache_dir={out / 'tok_cache_eval'}",
-            "overwrite=true"]
+            "overwrite=true", *([f"eval.tofu.max_samples={max_samples}"] if max_samples else [])]
     load_before = load()
     total = _run_cli(args)
     counter = runners[-1].counter
@@ -211,7 +211,10 @@ def part_b(tofu: str, out: Path, max_new: int, naive: bool) -> dict[str, Any]:
           f"{calls['gen']} forward calls in {counter.generate_calls} generate calls for {counter.generated_prompts} prompts, "
           f"{counter.generated_tokens} generated tokens + {counter.draft_tokens} taken from teacher forcing")
     if naive:
-        res["naive"] = naive_baseline(tofu, max_new)
+        del runners[:]
+        R.ForwardRunner.__init__, R.ForwardRunner.generate = original_init, original_generate  # type: ignore[method-assign]
+        llm.load_model = original_load
+        res["naive"] = naive_baseline(tofu, max_new, res, run_dir / "TOFU_EVAL.json", max_samples)
     return res
 
 
@@ -256,15 +259,38 @@ def part_dtype(tofu: str, out: Path, max_new: int, rows: int) -> dict[str, Any]:
     return res
 
 
-def naive_baseline(tofu: str, max_new: int) -> dict[str, Any]:
-    """bench/eval_cost.py's naive one-pass-per-metric evaluation vs obliviate's on the same real splits."""
+def naive_baseline(tofu: str, max_new: int, ours: dict[str, Any], eval_file: Path,
+                   max_samples: int | None = None) -> dict[str, Any]:
+    """bench/eval_cost.py's naive one-pass-per-metric evaluation on the same tokenised splits, after (b) in the same
+    process: its time against (b)'s teacher-forced + generation time, and the largest difference of an aggregate."""
     import eval_cost
 
-    model, tok, splits = eval_cost.real_tofu(tofu, "forget01", max_new)
+    model, tok, splits = eval_cost.real_tofu(tofu, "forget01", max_new, max_samples)
+    meter = eval_cost.Meter(model)
+    load_before = load()
+    w, c = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return eval_cost.bench(model, tok, eval_cost.Meter(model), "tofu forget01", None, 8, max_new, 1, splits=splits,
-                               naive_bs=32, gen_bs=32)
+        ref = eval_cost.Naive(model, tok, meter, 32, max_new).evaluate(splits)
+    wall, cpu = time.perf_counter() - w, time.process_time() - c
+    mine = {k: v.get("agg_value") for k, v in json.loads(eval_file.read_text()).items()}
+    diff = max(abs(ref[k] - mine[k]) for k in ref if isinstance(mine.get(k), float) and isinstance(ref[k], float)
+               and ref[k] == ref[k])
+    res = {"load_before": load_before, "load_after": load(), "wall_s": wall, "cpu_s": cpu, "forward_calls": dict(meter.calls),
+           "sequences": meter.sequences, "tokens": meter.tokens, "batch_size": 32, "max_abs_diff_agg": diff,
+           "ratio_wall": wall / ours["eval_wall_s"], "ratio_cpu": cpu / ours["eval_cpu_s"]}
+    print(f"\n== naive per-metric evaluation of the same splits (bench/eval_cost.py, batch 32; load {load_before} -> "
+          f"{res['load_after']})")
+    print(f"{'':34}{'naive':>10}{'obliviate':>11}{'ratio':>8}")
+    calls = ours["forward_calls"]
+    for name, a, b in (("teacher-forced forward calls", meter.calls["tf"], calls["tf"]),
+                       ("generation forward calls", meter.calls["gen"], calls["gen"]),
+                       ("sequences through forward", meter.sequences, ours["counter"]["forward_sequences"]),
+                       ("tokens through forward (no pad)", meter.tokens, ours["counter"]["forward_tokens"]),
+                       ("evaluation wall s", wall, ours["eval_wall_s"]), ("evaluation CPU s", cpu, ours["eval_cpu_s"])):
+        print(f"{name:34}{a:>10.4g}{b:>11.4g}{a / b if b else float('inf'):>7.2f}x")
+    print(f"max |naive - obliviate| over aggregate values: {diff:.2e}")
+    return res
 
 
 def main() -> None:
@@ -272,6 +298,7 @@ def main() -> None:
     ap.add_argument("--part", choices=("a", "b", "c", "all"), default="all", help="a: seed-001, b: eval, c: float32 vs bfloat16 "
                     "eval on --dtype-rows rows (not in all)")
     ap.add_argument("--dtype-rows", type=int, default=40)
+    ap.add_argument("--max-samples", type=int, default=None, help="(b) first N rows per split (smoke runs; default: all)")
     ap.add_argument("--tofu", default="../shared/data/tofu", help="TOFU folder of <split>.json files")
     ap.add_argument("--out", default="bench_out/llm_realsize")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -287,7 +314,7 @@ def main() -> None:
     if args.part in ("a", "all"):
         results["seed001"] = part_a(args.tofu, out, args.probe_all)
     if args.part in ("b", "all"):
-        results["eval"] = part_b(args.tofu, out, args.max_new_tokens, args.naive)
+        results["eval"] = part_b(args.tofu, out, args.max_new_tokens, args.naive, args.max_samples)
     if args.part == "c":
         results["dtype"] = part_dtype(args.tofu, out, args.max_new_tokens, args.dtype_rows)
     (out / f"results_{args.part}.json").write_text(json.dumps(results, indent=2, default=str))
