@@ -149,7 +149,7 @@ def taylor_pass(model: nn.Module, groups: list[GroupSet], batches: Iterable[Any]
     try:
         for p in flags:
             p.requires_grad_(False)
-        for batch in batches:
+        for batch in progress(batches, desc="group-Taylor sensitivity pass", unit="batch"):
             loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise ConfigError(f"non-finite loss {float(loss)} in a sensitivity pass")
@@ -182,7 +182,7 @@ def sensitivity_pass(model: nn.Module, groups: list[GroupSet], batches: Iterable
     if metric == "taylor":
         return taylor_pass(model, groups, batches, loss_fn)
     _clear_grads(model)
-    for batch in batches:
+    for batch in progress(batches, desc="sensitivity pass", unit="batch"):
         loss = loss_fn(model, batch) / len(batches)
         if not torch.isfinite(loss):
             raise ConfigError(f"non-finite loss {float(loss)} in a sensitivity pass")
