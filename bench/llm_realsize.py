@@ -219,43 +219,32 @@ def part_b(tofu: str, out: Path, max_new: int, naive: bool, max_samples: int | N
 
 
 def part_dtype(tofu: str, out: Path, max_new: int, rows: int) -> dict[str, Any]:
-    """(c) What bfloat16 weights would change: ``obliviate eval`` on the first ``rows`` rows of
-    every split in float32 (the SmolLM2 config) and with the model cast to bfloat16, alternated
-    in one process; times and the largest change of a headline value."""
-    from obliviate.pipelines import llm
-
-    original_load = llm.load_model
-    state = {"dtype": torch.float32}
-
-    def load_cast(cfg: Any) -> Any:
-        model, tok = original_load(cfg)
-        return model.to(state["dtype"]), tok
-
-    llm.load_model = load_cast
+    """(c) What ``eval.tofu.dtype=bfloat16`` changes: ``obliviate eval`` on the first ``rows`` rows of every split in
+    float32 (the SmolLM2 config) and scoring a bfloat16 copy, alternated in one process; times and the largest change
+    of a headline value."""
     res: dict[str, Any] = {"rows_per_split": rows, "runs": []}
-    for dtype in (torch.float32, torch.bfloat16, torch.float32, torch.bfloat16):
-        state["dtype"] = dtype
-        run_dir = out / f"eval_dtype_{str(dtype).split('.')[-1]}"
+    for dtype in ("float32", "bfloat16", "float32", "bfloat16"):
+        run_dir = out / f"eval_dtype_{dtype}"
         args = ["eval", "model=SmolLM2-135M-Instruct", f"paths.tofu={tofu}", "forget_split=forget01", "holdout_split=holdout01",
                 f"eval.tofu.max_new_tokens={max_new}", f"eval.tofu.max_samples={rows}", f"paths.output_dir={run_dir}",
-                f"paths.cache_dir={out / 'tok_cache_eval'}", "overwrite=true"]
+                f"paths.cache_dir={out / 'tok_cache_eval'}", "overwrite=true", f"eval.tofu.dtype={dtype}"]
+        load_before = load()
         w = _run_cli(args)
         m = json.loads((run_dir / "metrics.json").read_text())
-        res["runs"].append({"dtype": str(dtype), "wall_s": w[0], "cpu_s": w[1], "eval_time_s": m["eval"]["tofu"]["eval_time_s"],
-                            "summary": m["eval"]["tofu"]["summary"], "load": load()})
-    llm.load_model = original_load
-    best = {d: min(r["cpu_s"] for r in res["runs"] if r["dtype"] == d) for d in ("torch.float32", "torch.bfloat16")}
+        res["runs"].append({"dtype": dtype, "wall_s": w[0], "cpu_s": w[1], "eval_time_s": m["eval"]["tofu"]["eval_time_s"],
+                            "summary": m["eval"]["tofu"]["summary"], "load": f"{load_before} -> {load()}"})
+    best = {d: min(r["cpu_s"] for r in res["runs"] if r["dtype"] == d) for d in ("float32", "bfloat16")}
     ev = {d: min(r["eval_time_s"] for r in res["runs"] if r["dtype"] == d) for d in best}
-    f32 = next(r["summary"] for r in res["runs"] if r["dtype"] == "torch.float32")
-    b16 = next(r["summary"] for r in res["runs"] if r["dtype"] == "torch.bfloat16")
+    f32 = next(r["summary"] for r in res["runs"] if r["dtype"] == "float32")
+    b16 = next(r["summary"] for r in res["runs"] if r["dtype"] == "bfloat16")
     diff = {k: abs(f32[k] - b16[k]) for k in f32 if isinstance(f32[k], float) and isinstance(b16.get(k), float)}
-    res.update({"best_cpu_s": best, "best_eval_wall_s": ev, "speedup_cpu": best["torch.float32"] / best["torch.bfloat16"],
-                "speedup_eval_wall": ev["torch.float32"] / ev["torch.bfloat16"], "abs_diff": diff})
-    print(f"\n== (c) float32 vs bfloat16 weights, obliviate eval on {rows} rows per split, ROUGE at {max_new} tokens")
-    print(f"command CPU s (best of 2): float32 {best['torch.float32']:.1f}, bfloat16 {best['torch.bfloat16']:.1f} "
-          f"({res['speedup_cpu']:.2f}x); evaluation wall s: {ev['torch.float32']:.1f} vs {ev['torch.bfloat16']:.1f} "
-          f"({res['speedup_eval_wall']:.2f}x); largest headline change: "
-          + ", ".join(f"{k} {v:.3g}" for k, v in sorted(diff.items())))
+    res.update({"best_cpu_s": best, "best_eval_wall_s": ev, "speedup_cpu": best["float32"] / best["bfloat16"],
+                "speedup_eval_wall": ev["float32"] / ev["bfloat16"], "abs_diff": diff, "float32": f32, "bfloat16": b16})
+    print(f"\n== (c) float32 vs eval.tofu.dtype=bfloat16, obliviate eval on {rows} rows per split, ROUGE at {max_new} tokens")
+    print(f"command CPU s (best of 2): float32 {best['float32']:.1f}, bfloat16 {best['bfloat16']:.1f} "
+          f"({res['speedup_cpu']:.2f}x); evaluation wall s: {ev['float32']:.1f} vs {ev['bfloat16']:.1f} "
+          f"({res['speedup_eval_wall']:.2f}x); headline changes: "
+          + ", ".join(f"{k} {f32[k]:.4g}->{b16[k]:.4g}" for k in sorted(diff)))
     return res
 
 

@@ -160,6 +160,25 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in HEADLINE_KEYS if k in summary}
 
 
+def eval_copy(model: nn.Module, dtype: str | None) -> nn.Module:
+    """``model`` itself, or a copy in ``dtype`` (``eval.<name>.dtype``) when its weights are in another one.
+
+    A copy, so that the weights a run goes on to save are never rounded.
+    """
+    if not dtype:
+        return model
+    import copy
+
+    import torch
+
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if str(dtype) not in names:
+        raise ConfigError(f"eval dtype '{dtype}' is not one of {', '.join(names)} (or null: the model's own dtype)")
+    if next(model.parameters()).dtype == names[str(dtype)]:
+        return model
+    return copy.deepcopy(model).to(names[str(dtype)])
+
+
 def evaluate(model: nn.Module, tokenizer: Any, ev: Evaluation, out_dir: Path | None, *, retain_logs_path: Any = "config",
              generate: bool | None = None, write_eval: bool = True) -> dict[str, Any]:
     """Run one evaluator on ``model``; writes TOFU_EVAL.json / TOFU_SUMMARY.json into ``out_dir``.
@@ -184,10 +203,11 @@ def evaluate(model: nn.Module, tokenizer: Any, ev: Evaluation, out_dir: Path | N
     c = ev.cfg
     logs = c.get("retain_logs_path") if retain_logs_path == "config" else retain_logs_path
     start = time.perf_counter()
+    scored = eval_copy(model, c.get("dtype"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         results = evaluate_tofu(
-            model, tokenizer, ev.splits, batch_size=int(c.get("batch_size", 8)), max_new_tokens=int(c.get("max_new_tokens", 200)),
+            scored, tokenizer, ev.splits, batch_size=int(c.get("batch_size", 8)), max_new_tokens=int(c.get("max_new_tokens", 200)),
             generation_batch_size=int(c.get("generation_batch_size") or c.get("batch_size", 8)),
             generate=bool(c.get("generate", True) if generate is None else generate), mia_k=float(c.get("mia_k", 0.4)),
             retain_logs_path=logs, privleak_ref_auc=c.get("privleak_ref_auc", 0.5),

@@ -108,10 +108,18 @@ def test_callback_evaluates_every_n_steps_and_per_epoch(small_eval, tiny, tmp_pa
         cb.on_step_end(None, SimpleNamespace(global_step=step, epoch=step / 3), None, model=model)
     cb.on_epoch_end(None, SimpleNamespace(global_step=3, epoch=1.0), None, model=model)
     cb.on_epoch_end(None, SimpleNamespace(global_step=3, epoch=1.0), None, model=model)  # same step: once
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_2", "step_3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["during_training.json", "step_2", "step_3"]
     assert [h["step"] for h in cb.history] == [2, 3]
+    assert json.loads((tmp_path / "during_training.json").read_text()) == json.loads(json.dumps(cb.history))
     summary = json.loads((tmp_path / "step_2" / "TOFU_SUMMARY.json").read_text())
     assert "forget_truth_ratio" in summary and not (tmp_path / "step_2" / "TOFU_EVAL.json").exists()
+    # a run resumed from its step-2 checkpoint keeps the step-2 evaluation and redoes step 3
+    resumed = llm_eval.TofuEvalCallback([small_eval], tok, tmp_path, every_steps=2, per_epoch=True, generate=False)
+    resumed.on_train_begin(None, SimpleNamespace(global_step=2), None)
+    assert [h["step"] for h in resumed.history] == [2] and resumed.done == {2}
+    fresh = llm_eval.TofuEvalCallback([small_eval], tok, tmp_path, every_steps=2)
+    fresh.on_train_begin(None, SimpleNamespace(global_step=0), None)
+    assert fresh.history == [] and fresh.done == set()
 
 
 def test_training_callbacks_config(small_eval, tmp_path):
@@ -136,3 +144,15 @@ def test_real_tofu_files_load(shared_data, tiny):
     splits, files = llm_eval.load_eval_splits(ecfg, tiny[1], TINY["template_args"])
     assert {k: len(v) for k, v in splits.items()} == {"forget": 2, "retain": 2, "ra": 2, "wf": 2, "holdout": 2}
     assert len(splits["forget"][0]["perturbed"]) == 5 and files["forget"].endswith("forget01_perturbed.json")
+
+
+def test_eval_dtype_scores_a_copy(tiny):
+    import torch
+
+    model, _ = tiny
+    assert llm_eval.eval_copy(model, None) is model and llm_eval.eval_copy(model, "float32") is model
+    half = llm_eval.eval_copy(model, "bfloat16")
+    assert half is not model and next(half.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32  # the run's own weights are never rounded
+    with pytest.raises(ConfigError, match="eval dtype 'fp8'"):
+        llm_eval.eval_copy(model, "fp8")
