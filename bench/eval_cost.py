@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from obliviate.metrics import tofu as T  # noqa: E402
 from obliviate.metrics.memorisation import exact_memorisation, extraction_strength  # noqa: E402
 from obliviate.metrics.mia_llm import mia_auc, min_k_plus_plus_score, min_k_score, token_mu_sigma  # noqa: E402
-from obliviate.metrics.runner import ForwardRunner, evaluate_tofu  # noqa: E402
+from obliviate.metrics.runner import ForwardRunner  # noqa: E402
+from obliviate.metrics.tofu_eval import evaluate_tofu  # noqa: E402
 
 
 # ---------------------------------------------------------------------- model, tokenizer, data

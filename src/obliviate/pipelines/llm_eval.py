@@ -5,7 +5,7 @@ evaluator) names the splits: forget (``${forget_split}_perturbed``: answer, para
 perturbed answers), retain (``retain_perturbed``), real authors and world facts
 (``*_perturbed``) and holdout (``${holdout_split}``). The files are read from
 ``eval.tofu.data_path`` (default ``${paths.tofu}``), tokenised with the model's template
-(cached like training data) and scored by :func:`obliviate.metrics.runner.evaluate_tofu`.
+(cached like training data) and scored by :func:`obliviate.metrics.tofu_eval.evaluate_tofu`.
 
 Outputs (reference schema, atomic writes): ``TOFU_EVAL.json`` (every metric with per-sample
 ``value_by_index``) and ``TOFU_SUMMARY.json`` (aggregates). During unlearning,
@@ -49,7 +49,7 @@ class Evaluation:
     Attributes:
         name: Evaluator key under ``eval`` (``tofu``).
         cfg: Its resolved config (``eval.<name>``).
-        splits: ``{split: [sample, ...]}`` as :func:`~obliviate.metrics.runner.evaluate_tofu` takes them.
+        splits: ``{split: [sample, ...]}`` as :func:`~obliviate.metrics.tofu_eval.evaluate_tofu` takes them.
         files: ``{split: data file}`` (recorded in the run manifest).
     """
 
@@ -197,7 +197,7 @@ def evaluate(model: nn.Module, tokenizer: Any, ev: Evaluation, out_dir: Path | N
         ``{"summary": {...}, "results": {...}, "warnings": [...], "eval_time_s": ...}``;
         missing retain logs give ``forget_quality: None`` and a warning, never an error.
     """
-    from obliviate.metrics.runner import evaluate_tofu
+    from obliviate.metrics.tofu_eval import evaluate_tofu
     from obliviate.metrics.tofu import EVAL_FILE, SUMMARY_FILE, tofu_summary
 
     c = ev.cfg

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from obliviate.metrics.runner import ForwardRunner, evaluate_tofu
+from obliviate.metrics.runner import ForwardRunner
+from obliviate.metrics.tofu_eval import evaluate_tofu
 
 BENCH = Path(__file__).resolve().parents[3] / "bench" / "eval_cost.py"
 

@@ -11,13 +11,8 @@ import pytest
 import torch
 
 from obliviate.errors import DataError
-from obliviate.metrics.runner import (
-    ForwardRunner,
-    evaluate_tofu,
-    greedy_draft,
-    save_tofu_results,
-    tofu_summary,
-)
+from obliviate.metrics.runner import ForwardRunner, greedy_draft, save_tofu_results, tofu_summary
+from obliviate.metrics.tofu_eval import evaluate_tofu
 from obliviate.metrics.tofu import MODEL_UTILITY_KEYS, model_utility
 from obliviate.models.adapters import CausalLMAdapter
 
