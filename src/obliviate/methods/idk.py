@@ -5,7 +5,9 @@ Loss::
     NLL(y_idk | x_f) + γ · NLL_r
 
 the mean answer-token NLL of an "I don't know"-style answer to each forget question, plus the
-retain NLL (the TOFU paper's "preference optimisation" baseline).
+retain NLL (the TOFU paper's "preference optimisation" baseline; the TOFU code's ``idk`` loss).
+Both NLLs are token means over the batch's answer tokens (HF's ``outputs.loss``, as the TOFU
+code) unless ``reduction="sequence"``.
 
 Data contract (every method with ``needs_idk = True``: IdK, IdkDPO)
 -------------------------------------------------------------------
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from obliviate.methods import METHODS
-from obliviate.methods._common import IDK_KEY, check_positive, idk_batch, retain_loss
+from obliviate.methods._common import IDK_KEY, check_positive, check_reduction, idk_batch, nll_term, retain_loss
 from obliviate.methods.base import UnlearningMethod
 
 __all__ = ["IDK_KEY", "IdK", "needs_idk"]
@@ -54,9 +56,12 @@ class IdKConfig:
 
     Attributes:
         gamma: Weight of the retain NLL.
+        reduction: "token" (NLLs over all answer tokens of the batch) or "sequence"
+            (per-sequence means, then the batch mean).
     """
 
     gamma: float = 1.0
+    reduction: str = "token"
 
 
 @METHODS.register("IdK", aliases=("PO", "IdkNLL"), tracks=("llm",))
@@ -69,9 +74,10 @@ class IdK(UnlearningMethod):
     def __init__(self, config: IdKConfig | None = None) -> None:
         super().__init__(config)
         check_positive("IdK", "gamma", self.cfg.gamma, allow_zero=True)
+        check_reduction("IdK", self.cfg.reduction)
 
     def loss(self, model, batch, ctx):
-        idk_nll, _ = ctx.adapter.per_sample_nll(model, idk_batch(batch, "IdK"))  # [b]
-        r_loss = retain_loss(model, batch, ctx, "NLL")
-        loss = idk_nll.mean() + self.cfg.gamma * r_loss
-        return loss, {"idk_loss": idk_nll.mean().item(), "retain_loss": r_loss.item()}
+        idk_nll = nll_term(model, idk_batch(batch, "IdK"), ctx, self.cfg.reduction)
+        r_loss = retain_loss(model, batch, ctx, "NLL", self.cfg.reduction)
+        loss = idk_nll + self.cfg.gamma * r_loss
+        return loss, {"idk_loss": idk_nll.item(), "retain_loss": r_loss.item()}
