@@ -184,7 +184,7 @@ def measure(model: nn.Module, datasets: dict[str, QADataset | None], batch_size:
     return means, per
 
 
-def _args(args_cfg: Any, out_dir: Path, seed: int):
+def _args(args_cfg: Any, out_dir: Path, seed: int, n_train: int | None = None):
     raw = dict(_plain(args_cfg) or {})
     if not torch.cuda.is_available():
         for flag in ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval"):
@@ -194,7 +194,7 @@ def _args(args_cfg: Any, out_dir: Path, seed: int):
         if str(raw.get("optim", "")).startswith("paged_"):
             log.info("no GPU: optim %s -> adamw_torch", raw["optim"])
             raw["optim"] = "adamw_torch"
-    return training_arguments(raw, out_dir, seed)
+    return training_arguments(raw, out_dir, seed, n_train)
 
 
 def _data_info(ds: QADataset | None, value: Any) -> dict[str, Any] | None:
@@ -227,7 +227,7 @@ def finetune(model: nn.Module, dataset: QADataset, collator: Any, args_cfg: Any,
     Returns:
         ``(seconds, log history)``.
     """
-    args = _args(args_cfg, out_dir, seed)
+    args = _args(args_cfg, out_dir, seed, len(dataset))
     trainer = SupervisedTrainer(model, args, CausalLMAdapter(), train_dataset=dataset, data_collator=collator)
     with timer() as t:
         trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir) if resume else None)
@@ -341,7 +341,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         else:
             pairs = ForgetRetainDataset(forget, retain if getattr(owner, "needs_retain", True) else None,
                                         anchor=getattr(owner, "anchor", "forget"), seed=seed)
-            args = _args(cfg.trainer.args, run_dir / "trainer", seed)
+            args = _args(cfg.trainer.args, run_dir / "trainer", seed, len(pairs))
             extra = {"method": method} if method is not None else {"method_args": method_args}
             trainer = trainer_cls(model, args, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(collator), guard=guard,
                                   callbacks=[*callbacks, *prune_callbacks], **extra)

@@ -70,7 +70,7 @@ def train_masked(model: nn.Module, dataset: TensorImageDataset, args_cfg: Any, o
     raw = _plain(args_cfg)
     if epochs is not None:
         raw["num_train_epochs"] = epochs
-    args = training_arguments(raw, out_dir / "trainer", seed)
+    args = training_arguments(raw, out_dir / "trainer", seed, len(dataset))
     trainer = SupervisedTrainer(model, args, ClassifierAdapter(num_classes), train_dataset=dataset, data_collator=stack_collate,
                                 callbacks=list(callbacks))
     with timer() as t:

@@ -82,7 +82,7 @@ def train_classifier(model: nn.Module, dataset: TensorImageDataset, args_cfg: An
 
     With ``resume`` the latest ``out_dir/trainer/checkpoint-*`` (if any) is continued.
     """
-    args = training_arguments(args_cfg, out_dir / "trainer", seed)
+    args = training_arguments(args_cfg, out_dir / "trainer", seed, len(dataset))
     trainer = SupervisedTrainer(model, args, ClassifierAdapter(num_classes), train_dataset=dataset, data_collator=stack_collate)
     with timer() as t:
         trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir / "trainer") if resume else None)
@@ -113,7 +113,7 @@ def unlearn(
             history: list[dict] = []
         else:
             pairs = ForgetRetainDataset(forget, retain if spec.needs_retain else None, anchor=spec.anchor, seed=seed)
-            args = training_arguments(args_cfg, out_dir / "trainer", seed)
+            args = training_arguments(args_cfg, out_dir / "trainer", seed, len(pairs))
             trainer = trainer_cls(model, args, method=method, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(),
                                   guard=guard, **({"method_args": method_args} if method is None else {}))
             trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir / "trainer") if resume else None)
