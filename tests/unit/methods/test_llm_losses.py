@@ -15,14 +15,14 @@ from obliviate.engine.trainer import frozen_copy
 from obliviate.errors import ConfigError, DataError
 from obliviate.methods import build_method
 
-from .conftest import answer_rows, make_ctx, pair_batch, seq_logprob, seq_nll, tiny_llama
+from .conftest import answer_rows, make_ctx, pair_batch, seq_logprob, seq_nll, sharp_llama, tiny_llama
 
 
 @pytest.fixture
-def models(memorised):
-    """(model, ref): a model that memorised the answers (per-token NLLs far from uniform, so
-    per-sequence and token means differ) and a random reference, so log-ratios are not zero."""
-    return memorised, frozen_copy(tiny_llama(0))
+def models():
+    """(model, ref): two different random models with peaked next-token distributions (per-token
+    NLLs far from uniform, so per-sequence and token means differ); log-ratios are not zero."""
+    return sharp_llama(1), frozen_copy(sharp_llama(0))
 
 
 def _loss(name, args, model, ref, extra_pad=2):
