@@ -194,6 +194,7 @@ def test_rmu(models, tokens):
     ("NPO", {"beta": 0.0}), ("NPO", {"retain_loss_type": "MSE"}), ("NPO", {"ref_cache": "never"}), ("SimNPO", {"beta": -1.0}),
     ("KL", {"max_kl": 0.0}), ("RMU", {"tokens": "some"}), ("RMU", {"param_regex": "("}), ("TaskVector", {"alpha": 0.0}),
     ("CEU", {"ignore_first_n_answer_tokens": -1}), ("IdkDPO", {"retain_loss_type": "EMBED_DIFF"}),
+    ("GradDiff", {"reduction": "mean"}), ("WGA", {"reduction": "batch"}), ("RMU", {"trainable": "mlp"}), ("UNDIAL", {"alpha": -1.0}),
 ])
 def test_bad_arguments_raise_config_error(name, args):
     with pytest.raises(ConfigError):
