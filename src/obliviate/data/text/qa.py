@@ -72,11 +72,11 @@ def _chat_texts(tokenizer: Any, question: str, answer: str, targs: dict[str, Any
     return full[:cut], full[cut:]
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text``; the tokenizer's special tokens (BOS) are added unless the text
-    already starts with the BOS token (a rendered chat template or a tag that holds it)."""
+def _encode(tokenizer: Any, text: str, special: bool) -> list[int]:
+    """Token ids of ``text``; with ``special`` the tokenizer's special tokens (BOS) are added
+    unless the text already starts with the BOS token (a tag that holds it)."""
     bos = getattr(tokenizer, "bos_token", None)
-    add = not (bos and text.startswith(bos))
+    add = special and not (bos and text.startswith(bos))
     return list(tokenizer(text, add_special_tokens=add)["input_ids"])
 
 
@@ -90,22 +90,25 @@ def encode_qa(tokenizer: Any, question: str, answer: str, template_args: dict[st
     they are not (a token spans the border, e.g. a prompt ending in ``"Answer: "``), prompt
     and answer are tokenised separately instead, so the prompt tokens stay those a model is
     given at generation time and no answer token is lost to the prompt (the reference masks
-    it). A BOS is never doubled (templated text that starts with it is tokenised without
-    special tokens), and eos is appended when the last token is not eos (as the reference).
+    it). Rendered chat templates are tokenised without special tokens (the template holds
+    them, as the reference's ``apply_chat_template``); tag prompts with them, unless the text
+    already starts with the BOS token (never two BOS). Eos is appended when the last token is
+    not eos (as the reference).
 
     Returns:
         ``(input_ids, labels)``; ``labels`` is ``-100`` on prompt tokens and the token id on
         answer tokens (including the end-of-turn/eos tokens that close the answer).
     """
     targs = dict(template_args or {})
-    if uses_chat_template(tokenizer, targs):
+    chat = uses_chat_template(tokenizer, targs)
+    if chat:
         prompt_text, answer_text = _chat_texts(tokenizer, question, answer, targs)
     else:
         tags = {k: (targs.get(k) if targs.get(k) is not None else v) for k, v in DEFAULT_TAGS.items()}
         prompt_text = (targs.get("system_prompt_with_special_tokens") or "") + tags["user_start_tag"] + question + tags["user_end_tag"] + tags["asst_start_tag"]
         answer_text = answer
-    prompt_ids = _encode(tokenizer, prompt_text)
-    full_ids = _encode(tokenizer, prompt_text + answer_text)
+    prompt_ids = _encode(tokenizer, prompt_text, special=not chat)
+    full_ids = _encode(tokenizer, prompt_text + answer_text, special=not chat)
     if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
         answer_ids = full_ids[len(prompt_ids):]
     else:
