@@ -11,8 +11,8 @@ average over padding, UNDIAL also over prompt positions and indexes the vocabula
 ``-100``), the parity batch avoids the bug's trigger (no padding, no prompt) and a second test
 shows that on a padded, prompted batch obliviate equals the port restricted to the positions
 that should count. The seed-003 KL method and IdK have no compute_loss in the reference
-framework: IdK follows the TOFU code (``idk`` loss: ``outputs.loss`` of the refusal plus that of
-the retain batch), KL its documented formula (see docs/llm.md).
+framework: IdK follows the TOFU code (``idk`` loss: ``outputs.loss`` of the refusal and retain
+batches concatenated), KL its documented formula (see docs/llm.md).
 """
 
 from __future__ import annotations
@@ -137,6 +137,24 @@ def ref_ceu_loss(model, inputs, ignore_first_n_answer_tokens=1):
     return F.cross_entropy(input=valid_logits, target=F.softmax(target, dim=-1))
 
 
+def tofu_idk_loss(model, idk_inputs, retain_inputs):
+    """The TOFU code's ``idk`` loss (``dataloader.py``): ``torch.cat`` of the refusal and retain
+    batches (the TOFU collator pads both to one length; here the narrower one is right-padded),
+    one forward, ``outputs.loss``."""
+    width = max(idk_inputs["input_ids"].shape[1], retain_inputs["input_ids"].shape[1])
+
+    def widen(sub):
+        extra = width - sub["input_ids"].shape[1]
+        fill = {"input_ids": 0, "attention_mask": 0, "labels": -100}
+        return {k: torch.cat([sub[k], torch.full((sub[k].shape[0], extra), v, dtype=sub[k].dtype)], 1) for k, v in fill.items()}
+
+    a, b = widen(idk_inputs), widen(retain_inputs)
+    input_ids = torch.cat((a["input_ids"], b["input_ids"]), dim=0)
+    labels = torch.cat((a["labels"], b["labels"]), dim=0)
+    attention_mask = torch.cat((a["attention_mask"], b["attention_mask"]), dim=0)
+    return model(input_ids, labels=labels, attention_mask=attention_mask).loss
+
+
 def ref_retain_loss(model, ref_model, retain, retain_loss_type):
     """``GradDiff.compute_retain_loss``."""
     if retain_loss_type == "NLL":
@@ -188,8 +206,8 @@ REFERENCE = {
     "UNDIAL": lambda m, r, b, a: a["gamma"] * ref_undial_loss(m, r, b["forget"], a["beta"])
     + a["alpha"] * ref_retain_loss(m, r, b["retain"], a["retain_loss_type"]),
     "CEU": lambda m, r, b, a: ref_ceu_loss(m, b["forget"], a["ignore_first_n_answer_tokens"]),
-    # TOFU code, loss_type "idk": outputs.loss of the refusal + outputs.loss of the retain batch
-    "IdK": lambda m, r, b, a: hf_loss(m, b["forget"]["idk"]) + a["gamma"] * hf_loss(m, b["retain"]),
+    # TOFU code, loss_type "idk": outputs.loss of one forward over the refusal and retain batches concatenated
+    "IdK": lambda m, r, b, a: tofu_idk_loss(m, b["forget"]["idk"], b["retain"]),
 }
 DEFAULTS = {  # the reference framework's configs/trainer/<name>.yaml method_args
     "GradAscent": {},
