@@ -236,8 +236,8 @@ def cmd_tune(cfg: DictConfig) -> None:
     if cfg.tune.get("role") == "worker":  # spawned by tune.workers: trials only
         run_tune(cfg, _user_overrides())
         return
-    with Run(run_dir, cfg, "tune", resume=True):  # rerunning continues the study (never "already completed")
-        run_tune(cfg, _user_overrides())
+    with Run(run_dir, cfg, "tune", resume=True) as run:  # rerunning continues the study (never "already completed")
+        run_tune(cfg, _user_overrides(), run=run)
 
 
 def cmd_report(args: list[str]) -> None:

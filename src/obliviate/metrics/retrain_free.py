@@ -283,9 +283,10 @@ def teacher_forced_results(model: Any, tokenizer: Any, splits: Mapping[str, Sequ
     Returns:
         ``{key: {"agg_value", "value_by_index"}}`` from :func:`obliviate.metrics.tofu.split_results`.
     """
-    from obliviate.metrics.runner import ForwardRunner
+    from obliviate.metrics.runner import SPLIT_ALIASES, ForwardRunner
     from obliviate.metrics.tofu import SplitValues, split_results
 
+    splits = {SPLIT_ALIASES.get(name, name): samples for name, samples in splits.items()}  # real_authors -> ra, ...
     pad = getattr(tokenizer, "pad_token_id", None)
     runner = runner or ForwardRunner(model, batch_size=batch_size, pad_token_id=0 if pad is None else int(pad))
     groups, where = [], []

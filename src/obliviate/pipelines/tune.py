@@ -43,6 +43,7 @@ from transformers import TrainerCallback
 
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.io import atomic_write_json, read_json
+from obliviate.pipelines.common import write_config
 from obliviate.pipelines.study import as_overrides, file_lock, parse_space, quote, spawn_workers, storage, suggest
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,9 @@ def current_values(cfg: DictConfig, space: dict[str, dict[str, Any]]) -> dict[st
             value = arg_defaults.get(key.rsplit(".", 1)[1])
         if value is None or isinstance(value, (dict, list)) or (dataclasses.is_dataclass(value)):
             continue
-        if spec["type"] == "int" and float(value) == int(float(value)):
+        if spec["type"] == "int":
+            if not isinstance(value, (int, float)) or float(value) != int(float(value)):
+                continue  # e.g. 2.5 epochs: not a point of an int space, so trial 0 samples it
             value = int(float(value))
         elif spec["type"] == "float":
             value = float(value)
@@ -366,13 +369,14 @@ def ready_command(user_argv: list[str], params: dict[str, Any], method: str) -> 
     return "obliviate unlearn " + " ".join(quote(a) for a in args)
 
 
-def run_tune(cfg: DictConfig, user_argv: list[str]) -> dict[str, Any] | None:
+def run_tune(cfg: DictConfig, user_argv: list[str], run: Any = None) -> dict[str, Any] | None:
     """The ``obliviate tune`` job: search, then (main process) validate and write ``tune.json``.
 
     Args:
         cfg: The composed ``tune`` config.
         user_argv: The command line's overrides (worker processes get them; the ready command
             is built from them).
+        run: The run's :class:`~obliviate.run.Run` (its manifest records the data files).
 
     Returns:
         The tune.json content (``None`` in a worker process).
@@ -391,12 +395,16 @@ def run_tune(cfg: DictConfig, user_argv: list[str]) -> dict[str, Any] | None:
     base = apply_method_preset(copy.deepcopy(cfg), cfg.get("presets"), method, user_argv)
     defaults = current_values(base, space)
     problem = make_problem(track, base, out_dir, s)
+    if run is not None:
+        run.data_files.update(problem.data_files())
     identity = {"track": track, "method": method, "objective": s.objective, "space": space, "data": problem.identity()}
     study = load_study(s, identity)
     with file_lock(out_dir / ".study.lock"):
         recover_interrupted(study)
         if not study.trials:
             study.enqueue_trial(defaults, user_attrs={"default": True})
+        procs = study.user_attrs.get("processes", [])  # who worked on the study: {"host", "pid", "role"}
+        study.set_user_attr("processes", [*procs, {"host": socket.gethostname(), "pid": os.getpid(), "role": s.role}])
     if s.workers > 1 and s.role == "main":
         keep = [a for a in user_argv if not a.split("=", 1)[0].lstrip("+~").startswith(("tune.workers", "tune.role"))]
         spawn_workers("tune", s.workers, keep, out_dir, ["tune.workers=1", "tune.role=worker"])
@@ -451,7 +459,10 @@ def validate(problem: Any, s: TuneSettings, base: DictConfig, defaults: dict[str
             res = read_json(vdir / "metrics.json")
         else:
             log.info("validating the %s configuration %s", name, values)
-            res = problem.validate(with_values(base, values), vdir)
+            vcfg = with_values(base, values)
+            vdir.mkdir(parents=True, exist_ok=True)
+            write_config(vcfg, vdir)
+            res = problem.validate(vcfg, vdir)
             atomic_write_json(stamp, values)
         out[name] = {**problem.validation_metrics(res), "params": values, "run_dir": str(vdir)}
     return out

@@ -19,6 +19,7 @@ import inspect
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -95,7 +96,9 @@ class LLMProblem:
         trainer_cls, method = build_trainer(handler, self.method_args)
         owner: Any = method if method is not None else trainer_cls
         self.paths = llm.text_data_paths(cfg)
-        llm.check_sources(cfg, self.paths)
+        record = SimpleNamespace(data_files={})
+        llm.check_sources(cfg, self.paths, record)  # fails fast on bad names / folders; records the data files
+        self._files: dict[str, str] = record.data_files
         self.model, self.tokenizer = llm.load_model(cfg)
         self.forget = llm.load_split(cfg, "forget", self.tokenizer, idk=bool(getattr(owner, "needs_idk", False)), paths=self.paths)
         if self.forget is None:
@@ -132,6 +135,10 @@ class LLMProblem:
         return {"model": str(self.cfg.get("original_checkpoint") or margs.get("pretrained_model_name_or_path")),
                 "forget": _plain(self.cfg.data.get("forget")), "retain": _plain(self.cfg.data.get("retain")),
                 "holdout": self.holdout, "n": {k: len(v) for k, v in self.splits.items()}, "seed": self.seed}
+
+    def data_files(self) -> dict[str, str]:
+        """Training and objective data files (hashed into the run manifest)."""
+        return {**self._files, **{f"objective.{k}": v for k, v in self.files.items()}}
 
     def _target_utility(self) -> float:
         """Teacher-forced utility of the target model (cached in ``references/target_tf.json``)."""

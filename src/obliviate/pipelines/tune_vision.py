@@ -119,6 +119,11 @@ class VisionProblem:
                 "n_heldout": int(len(self.heldout_idx)), "heldout_sha": _sha(self.heldout_idx), "seed": self.seed,
                 "forget_classes": list(self.split.forget_classes)}
 
+    def data_files(self) -> dict[str, str]:
+        """Data files and given checkpoints (hashed into the run manifest)."""
+        given = {f"{k}_checkpoint": str(self.cfg[k + "_checkpoint"]) for k in ("original", "retrain") if self.cfg.get(k + "_checkpoint")}
+        return {**self.data.files, **given}
+
     def _reference_model(self, stage: str) -> tuple[nn.Module, float | None]:
         """Load ``<stage>_checkpoint`` or train the model once under ``references/<stage>`` (file lock)."""
         model = vision.build_model(self.cfg, self.data, self.seed)
