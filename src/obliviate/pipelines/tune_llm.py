@@ -206,7 +206,12 @@ class LLMProblem:
     # ------------------------------------------------------------------ objective
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         """The objective's terms for ``model`` (teacher-forced values only)."""
-        results = teacher_forced_results(model, self.tokenizer, self.splits, batch_size=self.batch_size)
+        return self._terms(self._results(model))
+
+    def _results(self, model: nn.Module) -> dict[str, Any]:
+        return teacher_forced_results(model, self.tokenizer, self.splits, batch_size=self.batch_size)
+
+    def _terms(self, results: dict[str, Any]) -> dict[str, Any]:
         if self.s.objective == "retrain":
             return retrain_llm_objective(self._fq(results), teacher_forced_utility(results), self.utility_target,
                                          tolerance=self.tolerance, weight=self.s.penalty_weight)
@@ -218,9 +223,8 @@ class LLMProblem:
         mine = [v["score"] for v in results["forget_truth_ratio"]["value_by_index"].values()]
         return forget_quality(mine, self._retain_tr)
 
-    def oracle(self, model: nn.Module) -> dict[str, Any]:
+    def oracle(self, results: dict[str, Any]) -> dict[str, Any]:
         """Forget quality against the retain model's forget truth ratios + teacher-forced utility."""
-        results = teacher_forced_results(model, self.tokenizer, self.splits, batch_size=self.batch_size)
         utility = teacher_forced_utility(results)
         ratio = utility / self.utility_target if self.utility_target > 0 else None
         return {"forget_quality": self._fq(results), "utility": utility, "utility_ratio": ratio}
@@ -260,8 +264,9 @@ class LLMProblem:
                 guard.restore(model)
         model.eval()
         terms = None if guard.diverged else reporter.cached(step)
-        terms = terms if terms is not None else self.evaluate(model)
-        oracle = self.oracle(model) if self.s.record_oracle else None
+        results = self._results(model) if terms is None or self.s.record_oracle else None  # one pass serves both
+        terms = terms if terms is not None else self._terms(results)
+        oracle = self.oracle(results) if self.s.record_oracle else None
         del model
         return {"terms": terms, "oracle": oracle, "status": "diverged" if guard.diverged else "completed"}
 
@@ -273,6 +278,11 @@ class LLMProblem:
         if self._retain_logs(train=mode == "true") is None:
             return "no retain model: pass retain_logs_path=... (its TOFU_EVAL.json), retrain_checkpoint=RETAIN_MODEL_DIR or tune.validate=true"
         return None
+
+    def reference_objectives(self) -> dict[str, float]:
+        """The objective of the target model (doing nothing; from ``references/target_tf.json``)."""
+        terms = read_json(self.out_dir / "references" / "target_tf.json").get("terms") or {}
+        return {"original": terms["objective"]} if "objective" in terms else {}
 
     def validate(self, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         """``obliviate unlearn ... eval=tofu`` with the retain model's logs (generation included)."""

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from obliviate.checkpoint import load_model, save_model
-from obliviate.data.vision import TensorImageDataset, VisionData
+from obliviate.data.vision import TensorImageDataset
 from obliviate.errors import ConfigError, DataError
 from obliviate.io import atomic_write_json, read_json
 from obliviate.metrics.classification import accuracy
@@ -106,6 +106,7 @@ class VisionProblem:
         self.heldout_idx = held
         self.original, self.original_time = self._reference_model("original")
         self.ra_original = accuracy(*self._pl(self.original, self.split.retain))
+        self.ha_original = accuracy(*self._pl(self.original, self.heldout))
         self.retrain: nn.Module | None = None
         self.retrain_time: float | None = None
         self._retrain_metrics: dict[str, Any] | None = None
@@ -175,7 +176,8 @@ class VisionProblem:
             h = vision.predict(model, self.heldout)
             ref = h if not self.split.forget_classes else vision.predict(model, self.reference)
             return vision_objective(f, ref, r["confidence"], h["confidence"], accuracy(r["pred"], r["label"]), self.ra_original,
-                                    tolerance=self.tolerance, weight=self.s.penalty_weight, seed=self.seed)
+                                    accuracy(h["pred"], h["label"]), self.ha_original, tolerance=self.tolerance,
+                                    weight=self.s.penalty_weight, seed=self.seed)
         finally:
             model.train(was)
 
@@ -218,6 +220,14 @@ class VisionProblem:
             return "no retrained model: pass retrain_checkpoint=... (trained without the held-out images) or tune.validate=true"
         self._load_retrain()
         return None
+
+    def reference_objectives(self) -> dict[str, float]:
+        """The objective of the original (doing nothing) and of the retrained model (the gold
+        standard, ideally 0): how well the retrain-free objective sees the goal on this data."""
+        out = {"original": float(self.evaluate(self.original)["objective"])}
+        if self.retrain is not None:
+            out["retrain"] = float(self.evaluate(self.retrain)["objective"])
+        return out
 
     def validate(self, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         """One full unlearning run (``obliviate unlearn``'s metrics) with the tune split and models."""

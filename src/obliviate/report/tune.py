@@ -117,6 +117,7 @@ def tune_section(paths: Sequence[str | Path], img: Any) -> str | None:
         rows = [("method / track", f"{data.get('method')} / {data.get('track')}"), ("objective", data.get("objective")),
                 ("trials", ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))),
                 ("preset value", None if preset is None else preset.get("value")), ("best value", data.get("best_value")),
+                *((f"objective of the {k} model", v) for k, v in (data.get("reference_objectives") or {}).items()),
                 ("best parameters", data.get("best_params")), ("ready command", data.get("best_command"))]
         table = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows)
         parts.append(f"<h3>{html.escape(str(path))}</h3><table><tbody>{table}</tbody></table>")

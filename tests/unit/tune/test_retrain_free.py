@@ -70,6 +70,17 @@ def test_vision_objective_by_hand():
     assert t["distance"] == pytest.approx((0.25 + 0.5 + 0.5) / 3)
     assert t["penalty"] == pytest.approx(0.8)
     assert t["objective"] == pytest.approx((0.25 + 0.5 + 0.5) / 3 + 0.8)
+    # held-out accuracy (the stand-in of TA) is penalised the same way: a 5 % drop is 3 % beyond the tolerance
+    t2 = vision_objective(forget, reference, retain, heldout, 90.0, 100.0, 95.0, 100.0, tolerance=0.02, weight=10.0)
+    assert t2["penalty"] == pytest.approx(0.8 + 10 * (0.05 - 0.02)) and t2["HA"] == 95.0
+
+
+def test_vision_ks_ignores_confidences_below_the_floor():
+    # a class the model never learned: p = 1e-9 vs 1e-12 is the same "no" to every metric
+    forget = {"pred": np.zeros(4, int), "label": np.ones(4, int), "confidence": np.full(4, 1e-9)}
+    reference = {"pred": np.zeros(20, int), "label": np.ones(20, int), "confidence": np.full(20, 1e-12)}
+    t = vision_objective(forget, reference, np.linspace(0.9, 1.0, 40), np.linspace(0.0, 0.2, 20), 100.0, 100.0)
+    assert t["ks"] == 0.0 and t["acc_gap"] == 0.0 and t["objective"] == pytest.approx(t["mia_gap"] / 3)
 
 
 def _entry(scores, agg=None):
