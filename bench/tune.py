@@ -71,6 +71,8 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     lm.add_argument("--unlearn-epochs", type=float, default=4, help="the preset's epochs (bench/tofu_smollm2.py's table)")
     lm.add_argument("--unlearn-lr", default="2e-5", help="the preset's learning rate (bench/tofu_smollm2.py's table)")
     lm.add_argument("--methods", default="NPO,SimNPO")
+    lm.add_argument("--report-every-steps", type=int, default=30, help="intermediate objective (pruning) every N optimizer steps "
+                    "(an evaluation costs about as much as 10-20 steps on SmolLM2)")
     for sp in (v, lm):
         sp.add_argument("--n-trials", type=int, default=20)
         sp.add_argument("--workers", type=int, default=1)
@@ -166,10 +168,11 @@ def llm(args: argparse.Namespace, extra: list[str], env: dict, exe: list[str], o
     for m in [m for m in args.methods.split(",") if m]:
         tdir = out / m
         cmd = [*exe, "tune", *common(args, tofu), f"trainer={m}", f"model.model_args.pretrained_model_name_or_path={train_dir / 'target'}",
-               f"retain_logs_path={train_dir / 'eval' / 'retain' / 'TOFU_EVAL.json'}", f"paths.output_dir={tdir}",
+               f"retain_logs_path={train_dir / 'eval' / 'retain' / 'TOFU_EVAL.json'}", f"retrain_checkpoint={train_dir / 'retain'}",
+               f"paths.output_dir={tdir}",
                "trainer.args.per_device_train_batch_size=4", "trainer.args.gradient_accumulation_steps=1",
                f"trainer.args.num_train_epochs={args.unlearn_epochs}", f"trainer.args.learning_rate={args.unlearn_lr}",
-               f"tune.n_trials={args.n_trials}", f"tune.workers={args.workers}", "tune.record_oracle=true", "tune.report_every_steps=20",
+               f"tune.n_trials={args.n_trials}", f"tune.workers={args.workers}", "tune.record_oracle=true", f"tune.report_every_steps={args.report_every_steps}",
                *(["data.idk=" + str(tofu / "idontknow.jsonl")] if m == "IdkDPO" else []), *space_cap(args), *extra]
         minutes = None
         if not (tdir / "tune.json").is_file():

@@ -123,6 +123,34 @@ def test_retrain_free_objective_never_opens_the_retrained_model_or_the_test_spli
         tune([*FAST_VISION, f"paths.output_dir={tmp_path / 'oracle'}", "tune.n_trials=1", "tune.record_oracle=true"])
 
 
+def test_oracle_objective_is_the_avg_gap_and_record_oracle_stores_it(tmp_path):
+    out = tmp_path / "oracle"
+    data = tune([*FAST_VISION, f"paths.output_dir={out}", "tune.n_trials=2", "tune.objective=retrain", "tune.record_oracle=true",
+                 "tune.validate=false"])
+    assert data["objective"] == "retrain" and "reference_objectives" not in data
+    for t in data["trials"]:
+        assert t["value"] == pytest.approx(t["oracle"]["avg_gap"]) and set(t["terms"]) >= {"UA", "RA", "TA", "MIA"}
+        gap = sum(abs(t["oracle"][k] - r) for k, r in zip(("UA", "RA", "TA", "MIA"), _retrain_row(out))) / 4
+        assert t["value"] == pytest.approx(gap)
+
+
+def _retrain_row(out):
+    """UA / RA / TA / MIA of tune's retrained model, recomputed from its checkpoint."""
+    from pathlib import Path as _P
+
+    from obliviate.checkpoint import load_model
+    from obliviate.pipelines import vision
+    from obliviate.pipelines.tune import TuneSettings
+    from obliviate.pipelines.tune_vision import VisionProblem
+
+    cfg = compose_tune([*FAST_VISION, f"paths.output_dir={out}"])
+    problem = VisionProblem(cfg, _P(out), TuneSettings.from_cfg(cfg))
+    model = vision.build_model(cfg, problem.data, 0)
+    load_model(model, out / "references" / "retrain" / "model.safetensors")
+    m = vision.evaluate(model, problem.split, problem.data.test, problem.data.num_classes, 0)[0]
+    return [m[k] for k in ("UA", "RA", "TA", "MIA")]
+
+
 def test_resume_continues_an_interrupted_study(tmp_path):
     import optuna
 
@@ -151,7 +179,43 @@ def test_resume_continues_an_interrupted_study(tmp_path):
     assert len(tune([*common, "tune.n_trials=4"])["trials"]) == 5
 
 
+def _fork_worker(overrides):
+    try:
+        tune([*overrides, "tune.role=worker"])
+    except BaseException:  # noqa: BLE001 (reported through the exit status)
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def test_two_processes_share_one_study(tmp_path):
+    """Two forked worker processes (no interpreter start-up) run one study; the main process then reports it."""
+    import multiprocessing
+
+    import optuna
+
+    out = tmp_path / "tune"
+    overrides = [*FAST_VISION, f"paths.output_dir={out}", "tune.n_trials=3", "tune.validate=false"]
+    procs = [multiprocessing.get_context("fork").Process(target=_fork_worker, args=(overrides,)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(600)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    study = load_study(out)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3  # exactly n_trials over both
+    workers = {p["pid"] for p in study.user_attrs["processes"] if p["role"] == "worker"}
+    assert workers == {proc.pid for proc in procs} and {t.user_attrs["pid"] for t in study.trials} <= workers
+    assert len(list((out / "references").rglob("model.safetensors"))) == 1  # the original, trained once (file lock)
+    data = tune(overrides)  # the main process: no trial left to run; writes tune.json
+    assert len(data["trials"]) == 3 and {t["number"] for t in data["trials"]} == {0, 1, 2}
+
+
+@pytest.mark.slow
 def test_two_workers_share_one_study(tmp_path):
+    """The CLI's tune.workers=2 (spawned interpreters: slow on a loaded machine)."""
     import optuna
 
     out = tmp_path / "tune"

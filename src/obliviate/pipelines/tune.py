@@ -228,8 +228,8 @@ def run_tune(cfg: DictConfig, user_argv: list[str], run: Any = None) -> dict[str
     if run is not None:
         run.data_files.update(problem.data_files())
     identity = {"track": track, "method": method, "objective": s.objective, "space": space, "data": problem.identity()}
-    study = load_study(s, identity)
-    with file_lock(out_dir / ".study.lock"):
+    with file_lock(out_dir / ".study.lock"):  # processes started together must not create the SQLite schema twice
+        study = load_study(s, identity)
         recover_interrupted(study)
         if not study.trials:
             study.enqueue_trial(defaults, user_attrs={"default": True})

@@ -280,9 +280,18 @@ class LLMProblem:
         return None
 
     def reference_objectives(self) -> dict[str, float]:
-        """The objective of the target model (doing nothing; from ``references/target_tf.json``)."""
+        """The objective of the target model (doing nothing) and, when its directory is known
+        (``retrain_checkpoint`` or ``references/retain``), of the retain model (the gold standard)."""
         terms = read_json(self.out_dir / "references" / "target_tf.json").get("terms") or {}
-        return {"original": terms["objective"]} if "objective" in terms else {}
+        out = {"original": terms["objective"]} if "objective" in terms else {}
+        retain_dir = self.cfg.get("retrain_checkpoint") or (self.out_dir / "references" / "retain")
+        if (Path(str(retain_dir)) / "config.json").is_file() or (Path(str(retain_dir)) / "adapter_config.json").is_file():
+            cfg = copy.deepcopy(self.cfg)
+            OmegaConf.update(cfg, "original_checkpoint", str(retain_dir), force_add=True)
+            model, _ = llm.load_model(cfg)
+            out["retrain"] = float(self.evaluate(model)["objective"])
+            del model
+        return out
 
     def validate(self, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         """``obliviate unlearn ... eval=tofu`` with the retain model's logs (generation included)."""

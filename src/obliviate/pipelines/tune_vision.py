@@ -105,7 +105,11 @@ class VisionProblem:
         self.data = dataclasses.replace(data, train=data.train.subset(np.sort(np.concatenate([full.forget_idx, retain]))))
         self.heldout_idx = held
         self.original, self.original_time = self._reference_model("original")
-        self.ra_original = accuracy(*self._pl(self.original, self.split.retain))
+        cap = cfg.tune.get("max_retain_eval")
+        n_retain = len(self.split.retain)
+        rows = np.sort(np.random.default_rng(self.seed).choice(n_retain, int(cap), replace=False)) if cap and n_retain > int(cap) else None
+        self.retain_eval = self.split.retain if rows is None else self.split.retain.subset(rows)  # RA and the attacker's members
+        self.ra_original = accuracy(*self._pl(self.original, self.retain_eval))
         self.ha_original = accuracy(*self._pl(self.original, self.heldout))
         self.retrain: nn.Module | None = None
         self.retrain_time: float | None = None
@@ -117,6 +121,7 @@ class VisionProblem:
     def identity(self) -> dict[str, Any]:
         """What the study's trials depend on (a rerun with other data is refused)."""
         return {"forget": forget_selection(self.cfg), "n_forget": int(len(self.split.forget_idx)), "n_retain": int(len(self.split.retain_idx)),
+                "n_retain_eval": int(len(self.retain_eval)),
                 "n_heldout": int(len(self.heldout_idx)), "heldout_sha": _sha(self.heldout_idx), "seed": self.seed,
                 "forget_classes": list(self.split.forget_classes)}
 
@@ -172,7 +177,7 @@ class VisionProblem:
                 metrics = vision.evaluate(model, self.split, self.data.test, self.data.num_classes, self.seed)[0]
                 gap = vision.with_gap(metrics, self._retrain_metrics)
                 return {**{k: gap[k] for k in ("UA", "RA", "TA", "MIA")}, "objective": gap["avg_gap"]}
-            f, r = vision.predict(model, self.split.forget), vision.predict(model, self.split.retain)
+            f, r = vision.predict(model, self.split.forget), vision.predict(model, self.retain_eval)
             h = vision.predict(model, self.heldout)
             ref = h if not self.split.forget_classes else vision.predict(model, self.reference)
             return vision_objective(f, ref, r["confidence"], h["confidence"], accuracy(r["pred"], r["label"]), self.ra_original,
