@@ -51,9 +51,11 @@ def test_digits_search_writes_tune_json_validates_and_reports(tmp_path, capsys):
     assert data["objective"] == "retrain_free" and data["track"] == "vision" and data["method"] == "GA"
     assert len(data["trials"]) == 3 and all(TRIAL_KEYS <= set(t) for t in data["trials"])
     assert all(t["state"] == "COMPLETE" and isinstance(t["value"], float) and t["seconds"] > 0 for t in data["trials"])
-    # trial 0 is the shipped preset of experiment=vision/digits (GA: lr 3e-4, 3 epochs)
+    # trial 0 is the shipped preset of experiment=vision/digits for GA
+    preset = compose_tune(FAST_VISION).presets.GA.args
     first = data["trials"][0]
-    assert first.get("default") and first["params"] == {"trainer.args.learning_rate": 3e-4, "trainer.args.num_train_epochs": 3}
+    assert first.get("default") and first["params"] == {"trainer.args.learning_rate": float(preset.learning_rate),
+                                                        "trainer.args.num_train_epochs": int(preset.num_train_epochs)}
     best = min(data["trials"], key=lambda t: t["value"])
     assert data["best_value"] == best["value"] and data["best_params"] == best["params"]
     assert data["best_command"].startswith("obliviate unlearn trainer=GA forget_class=9 train.args.num_train_epochs=3 ")

@@ -151,6 +151,8 @@ def current_values(cfg: DictConfig, space: dict[str, dict[str, Any]]) -> dict[st
             value = arg_defaults.get(key.rsplit(".", 1)[1])
         if value is None or isinstance(value, (dict, list)) or (dataclasses.is_dataclass(value)):
             continue
+        if spec.get("log") and isinstance(value, (int, float)) and value <= 0:
+            continue  # e.g. a retain weight of 0 in a log space: trial 0 samples it instead
         if spec["type"] == "int":
             if not isinstance(value, (int, float)) or float(value) != int(float(value)):
                 continue  # e.g. 2.5 epochs: not a point of an int space, so trial 0 samples it
