@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "eval": "TOFU evaluation of an LLM (eval=tofu): TOFU_EVAL.json, TOFU_SUMMARY.json, metrics.json",
     "prune": "prune a model (OMP/IMP; LoRAPrune, unlearning_prune on LLMs and CNNs): params, latency, forget/retain before and after",
     "sweep": "Optuna search over a method's hyper-parameters (configs/sweep/<name>.yaml)",
+    "tune": "retrain-free Optuna search for one method (unlearn's overrides + tune.n_trials=N): tune.json, best command",
     "report": "RUN_DIR ... [-o FILE]: self-contained HTML report with plots and tables",
     "compare": "RUN_DIR ... [--csv] [-o FILE]: table of headline metrics over runs",
 }
@@ -225,6 +226,20 @@ def cmd_sweep(cfg: DictConfig) -> None:
     run_sweep(cfg, lambda name, overrides: compose(config_name=name, overrides=overrides), _user_overrides())
 
 
+def cmd_tune(cfg: DictConfig) -> None:
+    """Retrain-free hyper-parameter search (see :mod:`obliviate.pipelines.tune`)."""
+    from obliviate.pipelines.tune import run_tune
+    from obliviate.run import Run
+
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.tune.get("role") == "worker":  # spawned by tune.workers: trials only
+        run_tune(cfg, _user_overrides())
+        return
+    with Run(run_dir, cfg, "tune", resume=True) as run:  # rerunning continues the study (never "already completed")
+        run_tune(cfg, _user_overrides(), run=run)
+
+
 def cmd_report(args: list[str]) -> None:
     """``obliviate report RUN_DIR [RUN_DIR ...] [-o FILE]`` (argparse: positional run dirs)."""
     import argparse
@@ -258,7 +273,8 @@ def cmd_compare(args: list[str]) -> None:
 
 
 HANDLERS: dict[str, Callable[[DictConfig], None]] = {"train": cmd_train, "unlearn": cmd_unlearn, "eval": cmd_eval,
-                                                     "quickstart": cmd_quickstart, "prune": cmd_prune, "sweep": cmd_sweep}
+                                                     "quickstart": cmd_quickstart, "prune": cmd_prune, "sweep": cmd_sweep,
+                                                     "tune": cmd_tune}
 # Commands that take positional arguments (argparse, not Hydra).
 PLAIN_COMMANDS: dict[str, Callable[[list[str]], None]] = {"report": cmd_report, "compare": cmd_compare}
 

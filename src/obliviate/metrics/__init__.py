@@ -4,6 +4,6 @@ from obliviate.registry import Registry
 
 METRICS: Registry = Registry("metric")
 
-from obliviate.metrics import classification, memorisation, mia, mia_llm, tofu  # noqa: E402,F401  (registration)
+from obliviate.metrics import classification, memorisation, mia, mia_llm, retrain_free, tofu  # noqa: E402,F401  (registration)
 
 __all__ = ["METRICS"]

@@ -92,7 +92,7 @@ def train_classifier(model: nn.Module, dataset: TensorImageDataset, args_cfg: An
 
 def unlearn(
     model: nn.Module, method_name: str, method_args: dict | None, split: Split, args_cfg: Any, out_dir: Path, seed: int, num_classes: int,
-    *, resume: bool = False, guard: DivergenceGuard | None = None,
+    *, resume: bool = False, guard: DivergenceGuard | None = None, callbacks: list[Any] | None = None,
 ) -> tuple[nn.Module, float, list[dict]]:
     """Run one registered method on ``model`` (in place). Returns (model, seconds, log history).
 
@@ -101,6 +101,8 @@ def unlearn(
             ``save_strategy`` steps/epoch in the trainer args).
         guard: Divergence guard; on divergence training stops and the last good weights
             are restored (see ``guard.report()``).
+        callbacks: Extra ``TrainerCallback``s (e.g. ``obliviate tune``'s intermediate
+            objective); ignored by one-shot methods.
     """
     trainer_cls, method = build_trainer(method_name, method_args)
     spec = method if method is not None else trainer_cls  # declares needs_retain / anchor
@@ -115,7 +117,7 @@ def unlearn(
             pairs = ForgetRetainDataset(forget, retain if spec.needs_retain else None, anchor=spec.anchor, seed=seed)
             args = training_arguments(args_cfg, out_dir / "trainer", seed, len(pairs))
             trainer = trainer_cls(model, args, method=method, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(),
-                                  guard=guard, **({"method_args": method_args} if method is None else {}))
+                                  guard=guard, callbacks=callbacks, **({"method_args": method_args} if method is None else {}))
             trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir / "trainer") if resume else None)
             history = trainer.state.log_history
             if guard is not None and guard.diverged:

@@ -21,6 +21,7 @@ from obliviate.io import atomic_write_text
 from obliviate.report import plots
 from obliviate.report.compare import columns_for, compare_rows
 from obliviate.report.runs import VISION_KEYS, RunData, load_runs
+from obliviate.report.tune import tune_section
 
 SECTIONS = (
     ("overview", "Overview"),
@@ -132,6 +133,9 @@ def render_report(runs: Sequence[RunData], sources: Sequence[Path], title: str =
         "metric-tables": _tables(runs),
     }
     sections = "\n".join(_section(sid, t, bodies[sid]) for sid, t in SECTIONS)
+    tuning = tune_section(sources, _img)  # obliviate tune dirs: objective over trials, validation
+    if tuning is not None:
+        sections = sections.replace('<section id="training-curves">', _section("tuning", "Tuning", tuning) + '\n<section id="training-curves">', 1)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>\n'
             f"<body><h1>{html.escape(title)}</h1>\n{sections}\n</body></html>\n")

@@ -20,6 +20,7 @@ from typing import Any
 
 from obliviate.errors import DataError
 from obliviate.io import read_json
+from obliviate.report.tune import validation_dirs
 
 VISION_KEYS = ("UA", "RA", "TA", "MIA", "avg_gap", "rte_s")
 # (key in TOFU_SUMMARY/TOFU_EVAL, column header); every key is optional.
@@ -187,7 +188,9 @@ def load_runs(paths: list[str | Path]) -> list[RunData]:
         raise DataError("no run dirs given; pass one or more directories that hold metrics.json or summary.json")
     runs: list[RunData] = []
     for p in map(Path, paths):
-        if (p / "summary.json").is_file() and not (p / "metrics.json").is_file():
+        if (p / "tune.json").is_file() and not (p / "metrics.json").is_file():  # obliviate tune: its validation runs
+            runs.extend(load_run(d, name=f"{p.name}/{name}") for name, d in validation_dirs(p))
+        elif (p / "summary.json").is_file() and not (p / "metrics.json").is_file():
             qs = load_quickstart(p)
             if not qs:
                 raise DataError(f"'{p}/summary.json' lists no method results")
