@@ -255,9 +255,7 @@ class LLMProblem:
                                         anchor=getattr(owner, "anchor", "forget"), seed=self.seed)
             args = {**(_plain(cfg.trainer.args) or {}), "disable_tqdm": True}
             extra = {"method": method} if method is not None else {"method_args": method_args}
-            # main's _args takes the epoch size (warmup_epochs of the reference defaults); this branch's does not yet
-            size = {"n_train": len(pairs)} if "n_train" in inspect.signature(llm._args).parameters else {}
-            trainer = trainer_cls(model, llm._args(args, trial_dir / "trainer", self.seed, **size), adapter=adapter, train_dataset=pairs,
+            trainer = trainer_cls(model, llm._args(args, trial_dir / "trainer", self.seed, n_train=len(pairs)), adapter=adapter, train_dataset=pairs,
                                   data_collator=PairCollator(self.collator), guard=guard, callbacks=[reporter], **extra)
             trainer.train()
             step = int(trainer.state.global_step)
