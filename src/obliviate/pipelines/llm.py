@@ -222,7 +222,9 @@ def check_sources(cfg: DictConfig, paths: dict[str, Any], run: Any = None) -> No
             continue
         path = str(hf.get("path", ""))
         if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
-            raise DataError(f"data directory '{path}' does not exist; pass paths.tofu=DIR (a folder of <split>.json files) or a hub id")
+            where = ("paths.tofu=DIR (a folder of <split>.json files)" if spec["handler"].startswith("QA")
+                     else "paths.muse=DIR (a folder in the hub's layout)")  # raw text: MUSE
+            raise DataError(f"data directory '{path}' does not exist; pass {where} or a hub id")
         file = Path(path).expanduser() / f"{hf.get('name', '')}.json"
         if run is not None:
             run.data_files[key] = str(file) if file.is_file() else f"{path}:{hf.get('name')}"
