@@ -25,7 +25,7 @@ COMMANDS: dict[str, str] = {
     "train": "train the original model and the retrained gold-standard model",
     "unlearn": "unlearn a forget set, evaluate against original and retrained models",
     "quickstart": "embedded demo: every vision method on digits; track=llm: GradDiff/NPO on tiny-llama (no downloads)",
-    "eval": "TOFU evaluation of an LLM (eval=tofu): TOFU_EVAL.json, TOFU_SUMMARY.json, metrics.json",
+    "eval": "evaluate an LLM: eval=tofu (TOFU_EVAL.json), eval=muse (MUSE_EVAL.json), eval=lm_eval (WMDP/MMLU), metrics.json",
     "prune": "prune a model (OMP/IMP; LoRAPrune, unlearning_prune on LLMs and CNNs): params, latency, forget/retain before and after",
     "sweep": "Optuna search over a method's hyper-parameters (configs/sweep/<name>.yaml)",
     "report": "RUN_DIR ... [-o FILE]: self-contained HTML report with plots and tables",
@@ -161,7 +161,7 @@ def cmd_eval(cfg: DictConfig) -> None:
         res = llm_eval.run_eval(cfg, run_dir, run=run)
         run.status = res["status"]
     print(format_table(llm_eval.eval_rows(res), llm_eval.EVAL_COLUMNS, digits=4))
-    print(f"\nTOFU_EVAL: {run_dir / 'TOFU_EVAL.json'}\nmetrics: {run_dir / 'metrics.json'}")
+    print("\n" + "".join(f"{Path(f).stem}: {f}\n" for f in res.get("eval_files", [])) + f"metrics: {run_dir / 'metrics.json'}")
 
 
 def cmd_quickstart(cfg: DictConfig) -> None:

@@ -326,6 +326,7 @@ def run_eval(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]:
             run.data_files.update({f"eval.{ev.name}.{k}": v for k, v in ev.files.items()})
         out = evaluate(model, tokenizer, ev, run_dir)
         result["eval"][ev.name] = run_info(ev, out)
+        result.setdefault("eval_files", []).append(str(run_dir / eval_file(ev)))
         result.update(headline(out["summary"]))
     write_json_main(run_dir / "metrics.json", result)
     return result
@@ -348,7 +349,8 @@ def eval_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     """Console rows (metric, value) of an eval result."""
     rows = []
     for name, info in res.get("eval", {}).items():
-        rows.append({"metric": f"[{name}] samples", "value": ", ".join(f"{k} {v}" for k, v in info["n"].items())})
+        if info["n"]:  # lm_eval: the harness counts its own documents
+            rows.append({"metric": f"[{name}] samples", "value": ", ".join(f"{k} {v}" for k, v in info["n"].items())})
         rows += [{"metric": k, "value": v} for k, v in info["summary"].items()]
     return rows
 
