@@ -300,7 +300,7 @@ def check_group_choices(args: list[str]) -> None:
         if "." in group or not group_dir.is_dir() or value in ("null", ""):
             continue
         options = sorted(str(p.relative_to(group_dir).with_suffix("")) for p in group_dir.rglob("*.yaml"))
-        if value not in options:
+        if value not in options and value.removesuffix(".yaml") not in options:  # Hydra takes `experiment=unlearn/muse/default.yaml` too
             close = difflib.get_close_matches(value, options, n=3, cutoff=0.4)
             lowered = [o for o in options if o.lower() == value.lower()]
             hint = f" Did you mean: {', '.join(dict.fromkeys(lowered + close))}?" if (lowered or close) else ""

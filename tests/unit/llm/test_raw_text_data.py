@@ -201,3 +201,13 @@ def test_json_array_rows_must_be_strings_or_objects(tmp_path):
     (tmp_path / "raw" / "forget.json").write_text(json.dumps([1, 2]))
     with pytest.raises(DataError, match="item 1 is a JSON int"):
         load_rows({"path": str(tmp_path), "name": "raw", "split": "forget"})
+
+
+def test_reference_command_lines_name_experiments_with_the_yaml_suffix():
+    from obliviate.cli import check_group_choices
+    from obliviate.errors import UnknownNameError
+
+    check_group_choices(["experiment=unlearn/muse/default.yaml", "experiment=unlearn/wmdp/default", "model=Llama-2-7b-hf",
+                         "experiment=unlearn/muse/sustainabilty", "collator=DataCollatorForPretraining"])
+    with pytest.raises(UnknownNameError, match="Did you mean: unlearn/muse/scalability"):
+        check_group_choices(["experiment=unlearn/muse/scalabilty.yaml"])
