@@ -71,6 +71,10 @@ def test_muse_unlearn_graddiff_moves_forget_text_and_privleak_towards_the_retrai
     assert metrics["nll"]["delta"]["forget"] > metrics["nll"]["delta"]["retain"] > 0
     assert abs(metrics["privleak"]) < abs(target["privleak"])
     assert (out / "MUSE_EVAL.json").is_file() and metrics["eval"]["muse"]["n"]["privleak_forget"] == 6
+    from obliviate.report.compare import compare
+
+    table = compare([str(out)])  # `obliviate compare` shows the MUSE headline columns
+    assert "VerbMem" in table and "KnowMem retain" in table and "PrivLeak" in table and "GradDiff" in table
 
 
 def test_muse_eval_reads_muse_bench_json_layout(muse_train, work):
@@ -100,6 +104,9 @@ def test_wmdp_rmu_unlearn_with_lm_eval_on_local_test_sets(work):
     assert len(logs["wmdp_cyber"]["wmdp_cyber"]) == 4  # one log per local multiple-choice item
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "RMU" and metrics["wmdp_cyber/acc"] == summary["wmdp_cyber/acc"]
+    from obliviate.report.compare import compare
+
+    assert "WMDP-cyber acc" in compare([str(out)])
     assert metrics["method_args"]["steering_coeff"] == 6.5 and metrics["method_args"]["param_regex"] == r"(^|\.)down_proj\.weight$"
 
 
