@@ -10,7 +10,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from rouge_score import rouge_scorer
 from sklearn.metrics import auc as sk_auc
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -48,6 +47,8 @@ def muse_bench_auc(forget_ppl, holdout_ppl):  # muse_bench metrics/privleak.py s
 
 
 def ref_rouge(gen, gt):  # open-unlearning eval_text_similarity's scorer
+    from rouge_score import rouge_scorer  # imported late: absl's logging binds the stream captured at import time
+
     s = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True).score(gt, gen)
     return s["rougeL"].fmeasure
 
