@@ -25,7 +25,7 @@ COMMANDS: dict[str, str] = {
     "train": "train the original model and the retrained gold-standard model",
     "unlearn": "unlearn a forget set, evaluate against original and retrained models",
     "quickstart": "embedded demo: every vision method on digits; track=llm: GradDiff/NPO on tiny-llama (no downloads)",
-    "eval": "TOFU evaluation of an LLM (eval=tofu): TOFU_EVAL.json, TOFU_SUMMARY.json, metrics.json",
+    "eval": "evaluate an LLM: eval=tofu (TOFU_EVAL.json), eval=muse (MUSE_EVAL.json), eval=lm_eval (WMDP/MMLU), metrics.json",
     "prune": "prune a model (OMP/IMP; LoRAPrune, unlearning_prune on LLMs and CNNs): params, latency, forget/retain before and after",
     "sweep": "Optuna search over a method's hyper-parameters (configs/sweep/<name>.yaml)",
     "tune": "retrain-free Optuna search for one method (unlearn's overrides + tune.n_trials=N): tune.json, best command",
@@ -162,7 +162,7 @@ def cmd_eval(cfg: DictConfig) -> None:
         res = llm_eval.run_eval(cfg, run_dir, run=run)
         run.status = res["status"]
     print(format_table(llm_eval.eval_rows(res), llm_eval.EVAL_COLUMNS, digits=4))
-    print(f"\nTOFU_EVAL: {run_dir / 'TOFU_EVAL.json'}\nmetrics: {run_dir / 'metrics.json'}")
+    print("\n" + "".join(f"{Path(f).stem}: {f}\n" for f in res.get("eval_files", [])) + f"metrics: {run_dir / 'metrics.json'}")
 
 
 def cmd_quickstart(cfg: DictConfig) -> None:
@@ -316,7 +316,7 @@ def check_group_choices(args: list[str]) -> None:
         if "." in group or not group_dir.is_dir() or value in ("null", ""):
             continue
         options = sorted(str(p.relative_to(group_dir).with_suffix("")) for p in group_dir.rglob("*.yaml"))
-        if value not in options:
+        if value not in options and value.removesuffix(".yaml") not in options:  # Hydra takes `experiment=unlearn/muse/default.yaml` too
             close = difflib.get_close_matches(value, options, n=3, cutoff=0.4)
             lowered = [o for o in options if o.lower() == value.lower()]
             hint = f" Did you mean: {', '.join(dict.fromkeys(lowered + close))}?" if (lowered or close) else ""

@@ -143,18 +143,22 @@ def check_forget_retain(forget: QADataset, retain: QADataset | None) -> None:
         return
 
     def keys(ds: QADataset) -> list[str]:
+        if hasattr(ds, "overlap_keys"):  # raw text (PretrainingDataset / CompletionDataset): documents
+            return ds.overlap_keys()
         return [f"{r[ds.question_key][:60]!r} ({content_key({'question': r[ds.question_key], 'answer': r[ds.answer_key]})[:10]})" for r in ds.rows]
 
-    check_no_overlap(keys(forget), keys(retain), what="QA pair")
+    check_no_overlap(keys(forget), keys(retain), what="document" if hasattr(forget, "overlap_keys") else "QA pair")
 
 
 def make_collator(cfg: DictConfig, tokenizer: Any) -> DataCollatorForSupervisedDataset:
     """The configured collator (``collator=DataCollatorForSupervisedDataset``)."""
+    from obliviate.data.text.pretraining import COLLATORS  # + DataCollatorForPretraining (raw text: every token trained)
+
     node = cfg.get("collator") or {}
     name = node.get("name", "DataCollatorForSupervisedDataset")
-    if name != "DataCollatorForSupervisedDataset":
-        raise ConfigError(f"collator '{name}' is not available for the LLM track; use collator=DataCollatorForSupervisedDataset")
-    return DataCollatorForSupervisedDataset(tokenizer, **(_plain(node.get("collator_args")) or {}))
+    if name not in COLLATORS:
+        raise ConfigError(f"collator '{name}' is not available for the LLM track; use one of: {', '.join(COLLATORS)}")
+    return COLLATORS[name](tokenizer, **(_plain(node.get("collator_args")) or {}))
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -212,9 +216,15 @@ def check_sources(cfg: DictConfig, paths: dict[str, Any], run: Any = None) -> No
             continue
         _, spec = resolve_dataset_spec(value, paths)
         hf = spec["args"].get("hf_args") or {}
+        if hf.get("data_files") is not None:  # raw-text corpora given as files (WMDP)
+            if run is not None:
+                run.data_files[key] = str(hf["data_files"])
+            continue
         path = str(hf.get("path", ""))
         if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
-            raise DataError(f"data directory '{path}' does not exist; pass paths.tofu=DIR (a folder of <split>.json files) or a hub id")
+            where = ("paths.tofu=DIR (a folder of <split>.json files)" if spec["handler"].startswith("QA")
+                     else "paths.muse=DIR (a folder in the hub's layout)")  # raw text: MUSE
+            raise DataError(f"data directory '{path}' does not exist; pass {where} or a hub id")
         file = Path(path).expanduser() / f"{hf.get('name', '')}.json"
         if run is not None:
             run.data_files[key] = str(file) if file.is_file() else f"{path}:{hf.get('name')}"
@@ -283,7 +293,7 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
             info = result["stages"]["target"]["eval"][evaluations[0].name]
             info["summary"] = llm_eval.headline(summary)
             info["warnings"] = [w for w in info["warnings"] if "forget_quality" not in w and "privleak" not in w]
-            info["retain_logs_path"] = str(run_dir / "eval" / "retain" / "TOFU_EVAL.json")
+            info["retain_logs_path"] = str(run_dir / "eval" / "retain" / llm_eval.eval_file(evaluations[0]))
     write_json(run_dir / "metrics.json", result)
     return result
 

@@ -31,6 +31,13 @@ LLM_KEYS = (
     ("forget_Q_A_ROUGE", "Forget ROUGE"),
     ("privleak", "PrivLeak"),
     ("extraction_strength", "Extraction strength"),
+    # MUSE (eval=muse) and lm-evaluation-harness (eval=lm_eval) headline keys
+    ("forget_verbmem_ROUGE", "VerbMem"),
+    ("forget_knowmem_ROUGE", "KnowMem forget"),
+    ("retain_knowmem_ROUGE", "KnowMem retain"),
+    ("wmdp_bio/acc", "WMDP-bio acc"),
+    ("wmdp_cyber/acc", "WMDP-cyber acc"),
+    ("mmlu/acc", "MMLU acc"),
 )
 TOFU_FILES = ("TOFU_SUMMARY.json", "TOFU_EVAL.json")
 
