@@ -43,7 +43,7 @@ def test_the_raw_text_methods_are_the_expected_ones():
 @pytest.mark.parametrize("method", RAW_TEXT_METHODS)
 def test_method_unlearns_muse_raw_text(method, data, tmp_path):
     muse, _ = data
-    extra = ["trainer.method_args.layer=1", "trainer.method_args.trainable_layers=[0,1]", "trainer.method_args.tokens=all"] if method == "RMU" else []
+    extra = ["trainer.method_args.layer=1", "trainer.method_args.trainable=layers", "trainer.method_args.trainable_layers=[0,1]", "trainer.method_args.tokens=all"] if method == "RMU" else []
     if method == "TaskVector":
         extra = ["trainer.method_args.finetune_max_steps=3", "trainer.method_args.finetune_lr=1e-2"]
     cfg = _compose(["experiment=unlearn/muse/default", *FAST, f"trainer={method}", f"paths.muse={muse}",
