@@ -34,6 +34,7 @@ from obliviate.data.text import (
 )
 from obliviate.engine import SupervisedTrainer
 from obliviate.engine.guard import DivergenceGuard, make_guard_config
+from obliviate.engine.progress import progress_label
 from obliviate.engine.trainer import build_trainer
 from obliviate.errors import ConfigError, DataError
 from obliviate.distributed import write_json_main as write_json
@@ -267,7 +268,8 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
         model = maybe_lora(model, cfg)
         train_ds = data["full" if stage == "target" else "retain"]
         log.info("training the %s model on %d QA pairs", stage, len(train_ds))
-        seconds, history = finetune(model, train_ds, collator, cfg.train.args, run_dir / "trainer" / stage, seed, bool(cfg.get("resume")))
+        with progress_label(f"train {stage}"):
+            seconds, history = finetune(model, train_ds, collator, cfg.train.args, run_dir / "trainer" / stage, seed, bool(cfg.get("resume")))
         means, per = measure(model, probes, bs)
         # eval=tofu: eval/<stage>/TOFU_EVAL.json (the retain model's is the retain_logs_path of forget quality)
         tofu = {ev.name: llm_eval.run_info(ev, llm_eval.evaluate(model, tokenizer, ev, run_dir / "eval" / stage)) for ev in evaluations}
@@ -331,7 +333,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         prune_callbacks = interleave_callbacks(cfg, model, forget, retain, collator, pruning)
     guard = DivergenceGuard(make_guard_config(cfg.get("divergence")))
     adapter = CausalLMAdapter()
-    with timer() as t:
+    with timer() as t, progress_label(f"unlearn {handler}"):
         if method is not None and getattr(method, "one_shot", False):
             takes_collate = "collate_fn" in inspect.signature(method.apply).parameters
             model = method.apply(model, forget, retain, adapter, seed, **({"collate_fn": collator} if takes_collate else {}))

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
+from obliviate.engine.progress import progress_label
 from obliviate.io import atomic_write_json
 from obliviate.pipelines import llm
 from obliviate.report.table import format_table
@@ -70,7 +71,8 @@ def run_quickstart_llm(cfg: DictConfig, run_dir: Path, compose_unlearn_run: Call
     retain = llm.load_split(cfg, "retain", tokenizer, paths=paths)
     llm.check_forget_retain(forget, retain)
     log.info("training the target model on %d QA pairs", len(full))
-    train_s, history = llm.finetune(model, full, llm.make_collator(cfg, tokenizer), cfg.train.args, run_dir / "trainer" / "target", seed)
+    with progress_label("train target"):
+        train_s, history = llm.finetune(model, full, llm.make_collator(cfg, tokenizer), cfg.train.args, run_dir / "trainer" / "target", seed)
     target_dir = llm.save_model_dir(model, tokenizer, run_dir / "target", cfg)
     del model
     rows: list[dict[str, Any]] = []

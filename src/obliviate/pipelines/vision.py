@@ -25,6 +25,7 @@ from obliviate.data import DATASETS, ForgetRetainDataset, PairCollator, select_f
 from obliviate.data.vision import TensorImageDataset, VisionData
 from obliviate.distributed import is_main_process
 from obliviate.engine import SupervisedTrainer, build_trainer
+from obliviate.engine.progress import progress_label
 from obliviate.engine.guard import DivergenceGuard, make_guard_config
 from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json, read_json
@@ -107,7 +108,7 @@ def unlearn(
     adapter = ClassifierAdapter(num_classes)
     forget = split.forget.with_augment(False)
     retain = split.retain
-    with timer() as t:
+    with timer() as t, progress_label(f"unlearn {method_name}"):
         if getattr(method, "one_shot", False):
             model = method.apply(model, forget, retain, adapter, seed)  # type: ignore[union-attr]
             history: list[dict] = []
@@ -200,7 +201,8 @@ def obtain_reference_models(cfg: DictConfig, data: VisionData, split: Split, run
             ds = data.train if stage == "original" else split.retain
             ds = ds.with_augment(data.augment_train)
             log.info("training the %s model on %d samples", stage, len(ds))
-            seconds = train_classifier(model, ds, cfg.train.args, run_dir / stage, seed, data.num_classes, resume=bool(cfg.get("resume")))
+            with progress_label(f"train {stage}"):
+                seconds = train_classifier(model, ds, cfg.train.args, run_dir / stage, seed, data.num_classes, resume=bool(cfg.get("resume")))
             if is_main_process():  # under accelerate/torchrun only rank 0 writes (obliviate.distributed)
                 save_model(model, run_dir / stage / "model.safetensors")
                 atomic_write_json(run_dir / stage / "train_info.json", {"seconds": seconds, "samples": len(ds)})

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from obliviate.extras import require
 from obliviate.report.runs import LLM_KEYS, RunData
 
 # log_history keys that are bookkeeping, not curves
@@ -20,6 +21,7 @@ VISION_BARS = (("UA", "UA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA"), ("avg_g
 
 
 def _figure(width: float, height: float) -> Any:
+    require("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
