@@ -261,7 +261,7 @@ def cmd_compare(args: list[str]) -> None:
     print(text, end="")
     if ns.output:
         atomic_write_text(ns.output, text)
-        print(f"\nwrote: {ns.output}")
+        print(f"wrote: {ns.output}", file=sys.stderr)  # stdout stays the table alone (pipes)
 
 
 HANDLERS: dict[str, Callable[[DictConfig], None]] = {"train": cmd_train, "unlearn": cmd_unlearn, "eval": cmd_eval,

@@ -175,6 +175,13 @@ def answer_nll(model: nn.Module, dataset: QADataset, batch_size: int = 16) -> li
     return out
 
 
+def answer_probs(per_sample_nll: dict[str, list[float]]) -> dict[str, float]:
+    """Mean answer probability per dataset: the mean over sequences of ``exp(-mean answer NLL)``."""
+    import math
+
+    return {k: float(sum(math.exp(-x) for x in v) / len(v)) for k, v in per_sample_nll.items() if v}
+
+
 def measure(model: nn.Module, datasets: dict[str, QADataset | None], batch_size: int) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Mean and per-sequence answer NLL on each named dataset."""
     means, per = {}, {}
@@ -261,7 +268,8 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
     probes = {k: data[k] for k in SPLITS}
     result: dict[str, Any] = {"track": "llm", "command": "train", "status": "completed", "model": _plain(cfg.model.get("model_args")),
                               "data": {k: _data_info(data[k], cfg.data.get(k)) for k in ("full", *SPLITS)}, "stages": {}}
-    result["initial"] = {"nll": measure(model, probes, bs)[0]}
+    initial_means, initial_per = measure(model, probes, bs)
+    result["initial"] = {"nll": initial_means, "prob": answer_probs(initial_per)}
     for stage in stages:
         if stage != stages[0]:
             model, tokenizer = load_model(cfg)
@@ -275,7 +283,8 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
         tofu = {ev.name: llm_eval.run_info(ev, llm_eval.evaluate(model, tokenizer, ev, run_dir / "eval" / stage)) for ev in evaluations}
         out_dir = save_model_dir(model, tokenizer, run_dir / stage, cfg)
         write_json(run_dir / "eval" / f"{stage}_nll.json", per)
-        result["stages"][stage] = {"dir": out_dir, "train_time_s": seconds, "n_train": len(train_ds), "nll": means, "log_history": history}
+        result["stages"][stage] = {"dir": out_dir, "train_time_s": seconds, "n_train": len(train_ds), "nll": means,
+                                   "prob": answer_probs(per), "log_history": history}
         if evaluations:
             result["stages"][stage]["eval"] = tofu
         del model
@@ -375,6 +384,8 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         "lora": _plain(cfg.get("lora")),
         "data": {k: _data_info(ds, cfg.data.get(k)) for k, ds in probes.items()},
         "nll": {"before": before, "after": after, "delta": {k: after[k] - before[k] for k in after}},
+        # mean answer probability exp(-NLL) of the forget / retain / eval sets (obliviate report / compare)
+        "prob": {"before": answer_probs(per_before), "after": answer_probs(per_after)},
         # mean answer NLL of the forget / retain sets at the start and end of unlearning
         **{f"{k}_loss_{when}": nll.get(k) for k in ("forget", "retain") for when, nll in (("start", before), ("end", after))},
         "unlearn_time_s": t["s"],
