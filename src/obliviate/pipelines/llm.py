@@ -218,14 +218,20 @@ def check_sources(cfg: DictConfig, paths: dict[str, Any], run: Any = None) -> No
         value = cfg.data.get(key)
         if value is None:
             continue
-        _, spec = resolve_dataset_spec(value, paths)
+        name, spec = resolve_dataset_spec(value, paths)
         hf = spec["args"].get("hf_args") or {}
+        if "path" in hf and hf["path"] in (None, "", "None"):
+            raise ConfigError(f"data.{key}={name} has no data path; set the paths.* key its config reads, e.g. paths.qa=DIR "
+                              "(a folder with forget.jsonl and retain.jsonl) or paths.tofu=DIR")
         path = str(hf.get("path", ""))
         if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
             raise DataError(f"data directory '{path}' does not exist; pass paths.tofu=DIR (a folder of <split>.json files) or a hub id")
-        file = Path(path).expanduser() / f"{hf.get('name', '')}.json"
-        if run is not None:
-            run.data_files[key] = str(file) if file.is_file() else f"{path}:{hf.get('name')}"
+        names = hf.get("name") if isinstance(hf.get("name"), (list, tuple)) else [hf.get("name", "")]
+        for i, n in enumerate(names):
+            file = next((Path(path).expanduser() / f"{n}{ext}" for ext in (".json", ".jsonl")
+                         if (Path(path).expanduser() / f"{n}{ext}").is_file()), None)
+            if run is not None:
+                run.data_files[key if len(names) == 1 else f"{key}.{i}"] = str(file) if file is not None else f"{path}:{n}"
 
 
 # ----------------------------------------------------------------------------- train

@@ -22,6 +22,7 @@ from transformers import set_seed
 
 from obliviate.checkpoint import load_model, save_model
 from obliviate.data import DATASETS, ForgetRetainDataset, PairCollator, select_forget, stack_collate
+from obliviate.data.selection import class_indices
 from obliviate.data.vision import TensorImageDataset, VisionData
 from obliviate.distributed import is_main_process
 from obliviate.engine import SupervisedTrainer, build_trainer
@@ -63,7 +64,7 @@ def split_forget(data: VisionData, selection: dict[str, Any], seed: int) -> Spli
     labels = data.train.labels.numpy()
     forget_idx, retain_idx = select_forget(labels, seed=seed, class_names=data.class_names, **selection)
     fc = selection.get("forget_class")
-    classes = [] if fc is None else ([int(fc)] if np.isscalar(fc) else [int(c) for c in fc])
+    classes = [] if fc is None else class_indices(fc, data.class_names)
     return Split(forget_idx, retain_idx, classes, data.train.subset(forget_idx), data.train.subset(retain_idx))
 
 
