@@ -22,10 +22,14 @@ as given (:class:`obliviate.run.Run` then refuses to overwrite a completed run).
 The name is chosen when the config is first resolved (Hydra creates the folder at once); a
 folder that holds nothing but Hydra's ``.hydra`` counts as free, so later resolutions give the
 same answer, and :func:`pin_run_dir` fixes the value in the config for the rest of the job.
+Under torchrun / accelerate (``WORLD_SIZE`` > 1) rank 0 chooses and the other ranks read its
+choice from ``<parent>/.rundir-claims/``, so all processes write into one folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import time
 from pathlib import Path
@@ -37,6 +41,8 @@ _SLUG = re.compile(r"[^A-Za-z0-9_.+-]+")
 HYDRA_SUBDIR = ".hydra"
 _STAMP_RE = r"-\d{8}-\d{6}(?:-\d+)?"
 _STAMP: str | None = None
+_STARTED = time.time()
+CLAIM_WAIT_S = 300.0
 
 
 def _slug(value: Any) -> str:
@@ -183,12 +189,45 @@ def choose_run_dir(parent: str | Path, base: str, *, resume: bool = False, overw
     return stamped
 
 
+def _launch_key() -> str | None:
+    """An id shared by the processes of one torchrun / accelerate launch (``None`` when single-process)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    return os.environ.get("TORCHELASTIC_RUN_ID") or f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+
+
+def _claimed(parent: Path, base: str, key: str, choose: Any) -> Path:
+    """Rank 0 runs ``choose()`` and records the folder; the other ranks wait for that record."""
+    claim = parent / ".rundir-claims" / hashlib.sha1(f"{key}|{base}".encode()).hexdigest()[:16]
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        chosen = choose()
+        from obliviate.io import atomic_write_text
+
+        atomic_write_text(claim, str(chosen))
+        return chosen
+    deadline = time.time() + CLAIM_WAIT_S
+    while time.time() < deadline:
+        # a record of this launch: written after this process started (older ones are earlier launches)
+        if claim.is_file() and claim.stat().st_mtime >= _STARTED - 60:
+            return Path(claim.read_text().strip())
+        time.sleep(0.1)
+    from obliviate.errors import ConfigError
+
+    raise ConfigError(f"rank {os.environ.get('RANK')} did not learn the run dir from rank 0 within {CLAIM_WAIT_S:.0f} s; "
+                      "pass paths.output_dir=DIR to every process")
+
+
 def default_run_dir(parent: str = "outputs", *, _root_: Any = None) -> str:
     """The ``${run_dir:PARENT}`` resolver: ``PARENT/<run_name>`` made unique (see :func:`choose_run_dir`)."""
     cfg = _root_
     base = run_name(cfg)
-    return str(choose_run_dir(parent, base, resume=bool(_get(cfg, "resume", False)), overwrite=bool(_get(cfg, "overwrite", False)),
-                              share=str(_get(cfg, "task_name", "")) == "sweep"))
+
+    def choose() -> Path:
+        return choose_run_dir(parent, base, resume=bool(_get(cfg, "resume", False)), overwrite=bool(_get(cfg, "overwrite", False)),
+                              share=str(_get(cfg, "task_name", "")) == "sweep")
+
+    key = _launch_key()
+    return str(choose() if key is None else _claimed(Path(parent), base, key, choose))
 
 
 def pin_run_dir(cfg: DictConfig) -> DictConfig:

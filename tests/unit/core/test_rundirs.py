@@ -76,3 +76,20 @@ def test_resolution_is_stable_and_pinned(tmp_path, monkeypatch):
 def test_explicit_output_dir_is_used_as_given(tmp_path):
     cfg = _cfg("unlearn", f"paths.output_dir={tmp_path / 'mine'}")
     assert cfg.paths.output_dir == str(tmp_path / "mine")
+
+
+def test_all_ranks_of_a_launch_share_rank_0s_choice(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(rundirs, "_STAMP", "20250101-120000")
+    taken = tmp_path / "outputs" / "unlearn-GA-digits-class9"
+    taken.mkdir(parents=True)
+    (taken / "manifest.json").write_text(json.dumps({"status": "completed"}))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-1")
+    monkeypatch.setenv("RANK", "0")
+    rank0 = _cfg("unlearn", "trainer=GA", "forget_class=9").paths.output_dir
+    assert rank0 == "outputs/unlearn-GA-digits-class9-20250101-120000"
+    (tmp_path / rank0).mkdir()
+    (tmp_path / rank0 / "manifest.json").write_text("{}")  # rank 0 already writes before rank 1 resolves
+    monkeypatch.setenv("RANK", "1")
+    assert _cfg("unlearn", "trainer=GA", "forget_class=9").paths.output_dir == rank0
