@@ -102,12 +102,25 @@ def guarded(fn: Callable[[], T], run_dir: Callable[[], Any] = lambda: None) -> T
             where = run_dir()
         except Exception:  # noqa: BLE001  (no config yet: no run dir to name)
             where = None
+        _close_progress_bars()  # otherwise they redraw after the message, at exit
         sys.stderr.flush()
         print(f"\n{interrupted_message(where)}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _close_progress_bars() -> None:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001  (a half-torn-down bar: nothing to redraw)
+            pass
 
 
 def _brace(prefix: str, names: list[str]) -> str:
