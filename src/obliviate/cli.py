@@ -2,9 +2,10 @@
 
 ``obliviate <command> key=value ...`` composes ``configs/<command>.yaml`` (packaged with the
 wheel, so it works from any directory); ``--help``, ``--cfg job``, ``--config-name``,
-``-m`` behave as in any Hydra app. User errors print one line and exit with status 2, Ctrl-C / SIGTERM one line and status 130
-(``OBLIVIATE_DEBUG=1`` shows the traceback; see :mod:`obliviate.console`). Every run command
-ends by printing its run directory and what it wrote.
+``-m`` behave as in any Hydra app. User errors print one line and exit with status 2,
+Ctrl-C / SIGTERM one line and status 130 (``OBLIVIATE_DEBUG=1`` shows the traceback; see
+:mod:`obliviate.console`). Every run command ends by printing its run directory and what it
+wrote; default run directories are named by :mod:`obliviate.rundirs`.
 """
 
 from __future__ import annotations
