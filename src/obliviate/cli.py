@@ -230,6 +230,8 @@ def cmd_sweep(cfg: DictConfig) -> None:
     from obliviate.pipelines.sweep import run_sweep
 
     run_sweep(cfg, lambda name, overrides: compose(config_name=name, overrides=overrides), _user_overrides())
+    if cfg.sweep.get("print_best", True):  # the main process (workers report to it)
+        print("\n" + run_summary(cfg.paths.output_dir))
 
 
 def cmd_report(args: list[str]) -> None:
