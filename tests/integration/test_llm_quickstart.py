@@ -62,6 +62,6 @@ def test_quickstart_track_llm_forgets_forget10(tmp_path):
         assert cells[1] == r["method"] and [float(c) for c in cells[2:6]] == pytest.approx([r[k] for k in KEYS], abs=1e-9)
     run("report", str(out), "-o", str(tmp_path / "r.html"), cwd=tmp_path)
     page = (tmp_path / "r.html").read_text()
-    assert "NPO" in page and "No headline metrics" not in page and "forget answer probability after" in page
+    assert "NPO" in page and "No headline metrics" not in page and "forget p after" in page
     summary_table = page.split("<h3>summary (llm)</h3>")[1].split("</table>")[0]
     assert summary_table.count("<td>-</td>") == 0

@@ -167,7 +167,7 @@ def _llm_charts(group: Sequence[RunData]) -> list[bytes]:
             entries.append(("before unlearning", first.headline[before_key], "original"))
         entries += [(r.name, r.headline.get(key), r.role) for r in refs]
         if any(plots._finite(v) for _, v, role in entries if role == "run"):
-            pngs.append(plots.metric_bars(entries, title.replace("p after", "answer probability after"), lower_is_better=key in LLM_LOWER))
+            pngs.append(plots.metric_bars(entries, title, lower_is_better=key in LLM_LOWER))
     return pngs
 
 
@@ -185,7 +185,8 @@ def _comparison(runs: Sequence[RunData]) -> str:
                 imgs = "".join(_img(png, f"{track} {setting} metric {i}") for i, png in enumerate(pngs))
                 parts.append(f'<h3>{html.escape(title)}</h3><div class="charts">{imgs}</div>')
     intro = _note("One chart per metric, best first; grey: the original model (LLM: before unlearning), green: the retrained "
-                  "model (dashed line: its value; the runs should match it).")
+                  "model (dashed line: its value; the runs should match it). LLM p: answer probability, the mean over QA pairs "
+                  "of exp(-mean answer-token NLL).")
     return (intro + "\n".join(parts)) if parts else _note("No headline metrics to compare.")
 
 
