@@ -65,4 +65,4 @@ def test_readme_commands_in_order(tmp_path):
                  "quickstart-llm", "train-synthetic-TOFU_QA_FORGET10", "sweep-digits_GA"):
         assert (out / name).is_dir(), name
     assert (tmp_path / "report.html").is_file() and (tmp_path / "compare.csv").is_file()
-    assert {s[2] for s in skipped} >= {"GPU (about 40 hours on 2 CPU cores)", "2 GPUs"}
+    assert {s[2].split(" (")[0] for s in skipped} >= {"GPU", "2 GPUs", "the test suite itself"}
