@@ -82,7 +82,9 @@ def test_dataset_configs_use_the_reference_layout(path):
     assert list(data) == [path.stem], "the top-level key must equal the file name"
     spec = data[path.stem]
     assert spec["handler"] in ("QADataset", "QAwithIdkDataset")
-    assert spec["args"]["hf_args"]["path"] == "${paths.tofu}" and spec["args"]["max_length"] == 512
+    # TOFU configs read paths.tofu; the QA_* configs (your own QA files, experiment=llm/qa_jsonl) read paths.qa
+    assert spec["args"]["hf_args"]["path"] == ("${paths.qa}" if path.stem.startswith("QA_") else "${paths.tofu}")
+    assert spec["args"]["max_length"] == 512
 
 
 def test_collator_config():
