@@ -50,7 +50,7 @@ def test_every_packaged_dataset_config_resolves_and_names_its_file(tmp_path):
                      "TOFU_QA_WF_PT", "TOFU_QA_FORGET10_IDK"):
         assert required in names
     for n in names:
-        name, spec = resolve_dataset_spec(n, {"tofu": str(tmp_path)})
+        name, spec = resolve_dataset_spec(n, {"tofu": str(tmp_path), "qa": str(tmp_path)})  # QA_* read paths.qa
         assert name == n and spec["handler"] in ("QADataset", "QAwithIdkDataset")
         assert spec["args"]["hf_args"]["path"] == str(tmp_path)
 
