@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from obliviate.engine.progress import tidy_progress
 from obliviate.errors import ConfigError
 from obliviate.methods.base import MethodContext, NoArgs, UnlearningMethod, make_config
 
@@ -105,6 +106,7 @@ class UnlearningTrainer(Trainer):
         self.guard = kwargs.pop("guard", None)  # obliviate.engine.guard.DivergenceGuard
         self._micro = (-1, 0)  # (global step, micro-batch index) for per-step seeding
         super().__init__(model=model, args=args, **kwargs)
+        tidy_progress(self, "unlearn")  # labelled bar with the logs as postfix, not printed dicts
         self.method = method
         if method is not None and method_args:
             raise ConfigError("method_args are for UnlearningTrainer subclasses; a method object takes them in its constructor")
@@ -223,6 +225,7 @@ class SupervisedTrainer(Trainer):
             raise ConfigError(f"reduction must be 'token' or 'sequence', got {reduction!r}")
         args.remove_unused_columns = False
         super().__init__(model=model, args=args, **kwargs)
+        tidy_progress(self, "train")
         self.adapter, self.reduction = adapter, reduction
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):

@@ -96,7 +96,10 @@ def check_report_to(report_to: Any) -> None:
     for name, module in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
         if name in names:
             if importlib.util.find_spec(module) is None:
-                raise ConfigError(f"trainer.args.report_to={name} needs the {module} package: pip install {module}")
+                from obliviate.errors import MissingDependencyError
+                from obliviate.extras import missing_message
+
+                raise MissingDependencyError(missing_message(module))
             if name == "wandb":
                 os.environ.setdefault("WANDB_MODE", "offline")
 

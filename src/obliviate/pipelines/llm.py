@@ -34,6 +34,7 @@ from obliviate.data.text import (
 )
 from obliviate.engine import SupervisedTrainer
 from obliviate.engine.guard import DivergenceGuard, make_guard_config
+from obliviate.engine.progress import progress_label
 from obliviate.engine.trainer import build_trainer
 from obliviate.errors import ConfigError, DataError
 from obliviate.distributed import write_json_main as write_json
@@ -178,6 +179,13 @@ def answer_nll(model: nn.Module, dataset: QADataset, batch_size: int = 16) -> li
     return out
 
 
+def answer_probs(per_sample_nll: dict[str, list[float]]) -> dict[str, float]:
+    """Mean answer probability per dataset: the mean over sequences of ``exp(-mean answer NLL)``."""
+    import math
+
+    return {k: float(sum(math.exp(-x) for x in v) / len(v)) for k, v in per_sample_nll.items() if v}
+
+
 def measure(model: nn.Module, datasets: dict[str, QADataset | None], batch_size: int) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Mean and per-sequence answer NLL on each named dataset."""
     means, per = {}, {}
@@ -214,20 +222,26 @@ def check_sources(cfg: DictConfig, paths: dict[str, Any], run: Any = None) -> No
         value = cfg.data.get(key)
         if value is None:
             continue
-        _, spec = resolve_dataset_spec(value, paths)
+        name, spec = resolve_dataset_spec(value, paths)
         hf = spec["args"].get("hf_args") or {}
         if hf.get("data_files") is not None:  # raw-text corpora given as files (WMDP)
             if run is not None:
                 run.data_files[key] = str(hf["data_files"])
             continue
+        if "path" in hf and hf["path"] in (None, "", "None"):
+            raise ConfigError(f"data.{key}={name} has no data path; set the paths.* key its config reads, e.g. paths.qa=DIR "
+                              "(a folder with forget.jsonl and retain.jsonl) or paths.tofu=DIR")
         path = str(hf.get("path", ""))
         if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
             where = ("paths.tofu=DIR (a folder of <split>.json files)" if spec["handler"].startswith("QA")
                      else "paths.muse=DIR (a folder in the hub's layout)")  # raw text: MUSE
             raise DataError(f"data directory '{path}' does not exist; pass {where} or a hub id")
-        file = Path(path).expanduser() / f"{hf.get('name', '')}.json"
-        if run is not None:
-            run.data_files[key] = str(file) if file.is_file() else f"{path}:{hf.get('name')}"
+        names = hf.get("name") if isinstance(hf.get("name"), (list, tuple)) else [hf.get("name", "")]
+        for i, n in enumerate(names):
+            file = next((Path(path).expanduser() / f"{n}{ext}" for ext in (".json", ".jsonl")
+                         if (Path(path).expanduser() / f"{n}{ext}").is_file()), None)
+            if run is not None:
+                run.data_files[key if len(names) == 1 else f"{key}.{i}"] = str(file) if file is not None else f"{path}:{n}"
 
 
 # ----------------------------------------------------------------------------- train
@@ -270,20 +284,23 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
     probes = {k: data[k] for k in SPLITS}
     result: dict[str, Any] = {"track": "llm", "command": "train", "status": "completed", "model": _plain(cfg.model.get("model_args")),
                               "data": {k: _data_info(data[k], cfg.data.get(k)) for k in ("full", *SPLITS)}, "stages": {}}
-    result["initial"] = {"nll": measure(model, probes, bs)[0]}
+    initial_means, initial_per = measure(model, probes, bs)
+    result["initial"] = {"nll": initial_means, "prob": answer_probs(initial_per)}
     for stage in stages:
         if stage != stages[0]:
             model, tokenizer = load_model(cfg)
         model = maybe_lora(model, cfg)
         train_ds = data["full" if stage == "target" else "retain"]
         log.info("training the %s model on %d QA pairs", stage, len(train_ds))
-        seconds, history = finetune(model, train_ds, collator, cfg.train.args, run_dir / "trainer" / stage, seed, bool(cfg.get("resume")))
+        with progress_label(f"train {stage}"):
+            seconds, history = finetune(model, train_ds, collator, cfg.train.args, run_dir / "trainer" / stage, seed, bool(cfg.get("resume")))
         means, per = measure(model, probes, bs)
         # eval=tofu: eval/<stage>/TOFU_EVAL.json (the retain model's is the retain_logs_path of forget quality)
         tofu = {ev.name: llm_eval.run_info(ev, llm_eval.evaluate(model, tokenizer, ev, run_dir / "eval" / stage)) for ev in evaluations}
         out_dir = save_model_dir(model, tokenizer, run_dir / stage, cfg)
         write_json(run_dir / "eval" / f"{stage}_nll.json", per)
-        result["stages"][stage] = {"dir": out_dir, "train_time_s": seconds, "n_train": len(train_ds), "nll": means, "log_history": history}
+        result["stages"][stage] = {"dir": out_dir, "train_time_s": seconds, "n_train": len(train_ds), "nll": means,
+                                   "prob": answer_probs(per), "log_history": history}
         if evaluations:
             result["stages"][stage]["eval"] = tofu
         del model
@@ -341,7 +358,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         prune_callbacks = interleave_callbacks(cfg, model, forget, retain, collator, pruning)
     guard = DivergenceGuard(make_guard_config(cfg.get("divergence")))
     adapter = CausalLMAdapter()
-    with timer() as t:
+    with timer() as t, progress_label(f"unlearn {handler}"):
         if method is not None and getattr(method, "one_shot", False):
             takes_collate = "collate_fn" in inspect.signature(method.apply).parameters
             model = method.apply(model, forget, retain, adapter, seed, **({"collate_fn": collator} if takes_collate else {}))
@@ -383,6 +400,8 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         "lora": _plain(cfg.get("lora")),
         "data": {k: _data_info(ds, cfg.data.get(k)) for k, ds in probes.items()},
         "nll": {"before": before, "after": after, "delta": {k: after[k] - before[k] for k in after}},
+        # mean answer probability exp(-NLL) of the forget / retain / eval sets (obliviate report / compare)
+        "prob": {"before": answer_probs(per_before), "after": answer_probs(per_after)},
         # mean answer NLL of the forget / retain sets at the start and end of unlearning
         **{f"{k}_loss_{when}": nll.get(k) for k in ("forget", "retain") for when, nll in (("start", before), ("end", after))},
         "unlearn_time_s": t["s"],

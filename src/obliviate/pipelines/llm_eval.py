@@ -95,6 +95,22 @@ def _file(root: str, name: str) -> str:
     return f"{root}:{name}"
 
 
+def _optional_key(rows: list[dict[str, Any]], key: str | None, split: str) -> str | None:
+    """``key`` when every row has it, ``None`` when no row has it; a partial field is an error."""
+    from obliviate.errors import DataError
+
+    if not key:
+        return None
+    have = [key in r for r in rows]
+    if all(have):
+        return key
+    if any(have):
+        raise DataError(f"eval split '{split}': row {have.index(False) + 1} has no '{key}' but other rows do; "
+                        f"give it to every row or to none")
+    log.info("eval split %s has no '%s' field: the metrics that need it are skipped", split, key)
+    return None
+
+
 def load_eval_splits(ecfg: dict[str, Any], tokenizer: Any, template_args: dict[str, Any] | None,
                      cache_dir: str | None = None) -> tuple[dict, dict]:
     """Tokenised TOFU evaluation samples of every split configured in ``ecfg["splits"]``.
@@ -102,6 +118,8 @@ def load_eval_splits(ecfg: dict[str, Any], tokenizer: Any, template_args: dict[s
     Each sample is ``{"input_ids", "labels", "answer", "index"}`` plus ``"paraphrased"`` /
     ``"perturbed"`` (tokenised alternative answers to the same question) when the split names
     a ``paraphrased_key`` / ``perturbed_key``. ``max_samples`` keeps the first rows of each split.
+    A split with ``if_present: true`` (your own QA files, ``eval=qa``) is skipped when its file
+    does not exist, and uses its paraphrased / perturbed answers only when every row has them.
 
     Returns:
         ``(splits, files)``.
@@ -127,6 +145,12 @@ def load_eval_splits(ecfg: dict[str, Any], tokenizer: Any, template_args: dict[s
             raise ConfigError(f"eval split '{split}' has no data path; set eval.{ecfg.get('_name', 'tofu')}.data_path")
         qk, ak = spec.get("question_key", qkey_default), spec.get("answer_key", "answer")
         pk, tk = spec.get("paraphrased_key"), spec.get("perturbed_key")
+        if spec.get("if_present"):
+            if _file(str(path), str(spec["name"])).startswith(f"{path}:"):
+                log.info("eval split %s: no %s/%s.jsonl, skipped", split, path, spec["name"])
+                continue
+            rows = load_qa_rows(str(path), str(spec["name"]), spec.get("split", "train"), {qk: str, ak: str})
+            pk, tk = (_optional_key(rows, k, split) for k in (pk, tk))
         required = {qk: str, ak: str, **({pk: str} if pk else {}), **({tk: list} if tk else {})}
         rows = load_qa_rows(str(path), str(spec["name"]), spec.get("split", "train"), required)
         if limit:

@@ -180,7 +180,9 @@ def run_sweep(cfg: DictConfig, compose: Compose, user_argv: list[str]) -> dict[s
         compose: ``(config_name, overrides) -> cfg`` (Hydra's compose API).
         user_argv: The command line's overrides (re-used to start worker processes).
     """
-    import optuna
+    from obliviate.extras import require
+
+    optuna = require("optuna")
 
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

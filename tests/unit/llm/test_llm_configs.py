@@ -82,9 +82,11 @@ def test_dataset_configs_use_the_reference_layout(path):
     assert list(data) == [path.stem], "the top-level key must equal the file name"
     spec = data[path.stem]
     hf = spec["args"]["hf_args"]
-    if path.stem.startswith("TOFU_"):
+    if path.stem.startswith(("TOFU_", "QA_")):
         assert spec["handler"] in ("QADataset", "QAwithIdkDataset")
-        assert hf["path"] == "${paths.tofu}" and spec["args"]["max_length"] == 512
+        # TOFU configs read paths.tofu; the QA_* configs (your own QA files, experiment=llm/qa_jsonl) read paths.qa
+        assert hf["path"] == ("${paths.qa}" if path.stem.startswith("QA_") else "${paths.tofu}")
+        assert spec["args"]["max_length"] == 512
     elif path.stem.startswith("MUSE_"):  # the reference's MUSE configs: raw text in 2048-token blocks, knowmem QA at 512
         assert hf["path"] == "${paths.muse}" and spec["handler"] in ("PretrainingDataset", "CompletionDataset", "QADataset")
         assert spec["args"]["max_length"] == (512 if spec["handler"] == "QADataset" else 2048)

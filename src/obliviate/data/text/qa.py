@@ -225,7 +225,8 @@ class QADataset(Dataset):
     """Tokenised question/answer pairs (TOFU and any QA data with the same layout).
 
     Args:
-        hf_args: ``{path, name, split}`` (hub id or local directory of ``<name>.json``).
+        hf_args: ``{path, name, split}`` (hub id or local directory of ``<name>.json`` /
+            ``<name>.jsonl``); a list of names concatenates those files (e.g. forget + retain).
         tokenizer: The model's tokenizer.
         template_args: The model config's ``template_args``.
         question_key, answer_key: Fields holding the question and the answer (a list-valued
@@ -246,8 +247,12 @@ class QADataset(Dataset):
             hf = dict(hf_args or {})
             if "path" not in hf or "name" not in hf:
                 raise ConfigError(f"dataset {name}: hf_args needs 'path' and 'name' (got {sorted(hf)})")
-            rows = load_qa_rows(hf["path"], hf["name"], hf.get("split", "train"), {question_key: str})
-            source = f"{hf['path']}/{hf['name']}"
+            if hf["path"] in (None, "", "None"):
+                raise ConfigError(f"dataset {name} has no data path (hf_args.path); set the paths.* key its config reads, "
+                                  "e.g. paths.qa=DIR for your own QA files")
+            names = list(hf["name"]) if isinstance(hf["name"], (list, tuple)) else [hf["name"]]
+            rows = [r for n in names for r in load_qa_rows(hf["path"], n, hf.get("split", "train"), {question_key: str})]
+            source = f"{hf['path']}/{'+'.join(map(str, names))}"
         else:
             validate_rows(rows, {question_key: str}, name)
         _check_answers(rows, answer_key, source)
