@@ -38,7 +38,7 @@ def test_seed_001_command_line_with_config_name():
     (["trainer.method_args.alpah=1"], "Did you mean: trainer.method_args.alpha"),
     (["max_steps=3"], "Did you mean: trainer.args.max_steps"),
     (["eval.tofu.max_new_tokens=3"], "no eval config is selected in this unlearn config; select one first, e.g. "
-                                     "eval=<name> (tofu)"),
+                                     "eval=<name> (lm_eval, muse, qa, tofu)"),
     (["seed.value=1"], "'seed' is not a mapping"),
     ([*LLM, "model.model_args.revison=main"], "to pass a new argument write +model.model_args.revison=..."),
 ])
