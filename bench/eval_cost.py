@@ -18,8 +18,12 @@ Real configuration: ``--data tofu --tofu ../shared/data/tofu`` evaluates SmolLM2
 splits of ``--forget-split`` (default forget01: forget01_perturbed, retain_perturbed, real
 authors, world facts, holdout01), tokenised with the model's chat template exactly as
 ``obliviate eval`` tokenises them. The naive side then runs at the reference framework's
-batch size (``--naive-batch-size``, 32) and ours with ``eval=tofu``'s defaults; both once
-(``--repeats 1``: at full size a run takes tens of minutes on one CPU thread).
+batch size (``--naive-batch-size``, 32) and ours with ``eval=tofu``'s defaults (batch 8,
+generation batch 32); both once (``--repeats 1``: at full size a run takes tens of minutes on
+one CPU thread); ``--max-samples N`` keeps the first N rows of each split (as
+``eval.tofu.max_samples``) for a shorter comparison::
+
+    python bench/eval_cost.py --data tofu --tofu ../shared/data/tofu --max-new-tokens 64 --repeats 1 --max-samples 20
 """
 
 from __future__ import annotations
@@ -372,6 +376,8 @@ def main() -> None:
                     help="tofu: SmolLM2-135M-Instruct on the real TOFU splits (--tofu, --forget-split)")
     ap.add_argument("--tofu", default="../shared/data/tofu", help="TOFU folder of <split>.json files (--data tofu)")
     ap.add_argument("--forget-split", default="forget01")
+    ap.add_argument("--max-samples", type=int, default=None, help="(--data tofu) the first N rows of each split "
+                    "(eval.tofu.max_samples; default: every row)")
     ap.add_argument("--naive-batch-size", type=int, default=None, help="naive batch (default: --batch-size; 32 with --data tofu)")
     ap.add_argument("--generation-batch-size", type=int, default=None, help="obliviate's generate batch (default: --batch-size; "
                     "32 with --data tofu, as eval=tofu)")
@@ -379,7 +385,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     if args.data == "tofu":
-        model, tok, splits = real_tofu(args.tofu, args.forget_split, args.max_new_tokens)
+        model, tok, splits = real_tofu(args.tofu, args.forget_split, args.max_new_tokens, args.max_samples)
         r = bench(model, tok, Meter(model), f"tofu {args.forget_split}", None, args.batch_size, args.max_new_tokens, args.repeats,
                   splits=splits, naive_bs=args.naive_batch_size or 32, gen_bs=args.generation_batch_size or 32)
         print(f"\nsummary (naive / obliviate): time {r['time']:.2f}x, CPU time {r['cpu']:.2f}x, "

@@ -115,7 +115,7 @@ def test_unlearn_evaluates_at_the_end_and_during_training(workdir):
 
 def test_train_writes_the_retain_models_tofu_eval(workdir):
     out = workdir / "train"
-    run("train", *FAST, "eval=tofu", "+train.args.max_steps=2", f"paths.output_dir={out}", f"paths.cache_dir={workdir / 'cache'}",
+    run("train", *FAST, "eval=tofu", "train.args.max_steps=2", f"paths.output_dir={out}", f"paths.cache_dir={workdir / 'cache'}",
         cwd=workdir)
     retain = json.loads((out / "eval" / "retain" / "TOFU_EVAL.json").read_text())
     assert len(retain["forget_truth_ratio"]["value_by_index"]) == 8

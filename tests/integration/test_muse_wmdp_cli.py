@@ -64,7 +64,7 @@ def test_muse_unlearn_graddiff_moves_forget_text_and_privleak_towards_the_retrai
     out = root / "graddiff"
     run("unlearn", "experiment=unlearn/muse/default", *TINY, f"model.model_args.pretrained_model_name_or_path={muse_train / 'target'}",
         "trainer=GradDiff", f"paths.muse={muse}", f"paths.output_dir={out}", f"retain_logs_path={muse_train / 'eval' / 'retain'}", *BLOCKS,
-        "trainer.args.learning_rate=1e-3", "+trainer.args.max_steps=10", "trainer.args.gradient_accumulation_steps=1", *FAST_EVAL, cwd=root)
+        "trainer.args.learning_rate=1e-3", "trainer.args.max_steps=10", "trainer.args.gradient_accumulation_steps=1", *FAST_EVAL, cwd=root)
     metrics = json.loads((out / "metrics.json").read_text())
     target = json.loads((muse_train / "eval" / "target" / "MUSE_SUMMARY.json").read_text())
     assert metrics["method"] == "GradDiff" and metrics["status"] == "completed"
