@@ -146,7 +146,8 @@ def evaluate_muse(
     """
     from obliviate.metrics.memorisation import exact_memorisation, extraction_strength
     from obliviate.metrics.mia_llm import loss_score, mia_auc, min_k_plus_plus_score, min_k_score, zlib_score
-    from obliviate.metrics.runner import ForwardRunner, _eos_ids, greedy_draft
+    from obliviate.metrics.runner import ForwardRunner, greedy_draft
+    from obliviate.metrics.tofu_eval import _eos_ids
 
     if privleak_attack not in MIA_ATTACKS:
         from obliviate.errors import ConfigError

@@ -283,7 +283,7 @@ def teacher_forced_results(model: Any, tokenizer: Any, splits: Mapping[str, Sequ
                            runner: Any = None) -> dict[str, dict[str, Any]]:
     """Reference-schema entries of every split from ONE teacher-forced pass per sequence (no generation).
 
-    Like :func:`obliviate.metrics.runner.evaluate_tofu` with ``generate=False``, except that the
+    Like :func:`obliviate.metrics.tofu_eval.evaluate_tofu` with ``generate=False``, except that the
     holdout split's paraphrased / perturbed answers are scored too when its samples carry them
     (``holdout_Q_A_PARA_Prob``, ``holdout_Q_A_PERT_Prob``, ``holdout_Truth_Ratio``).
 
@@ -298,7 +298,8 @@ def teacher_forced_results(model: Any, tokenizer: Any, splits: Mapping[str, Sequ
     Returns:
         ``{key: {"agg_value", "value_by_index"}}`` from :func:`obliviate.metrics.tofu.split_results`.
     """
-    from obliviate.metrics.runner import SPLIT_ALIASES, ForwardRunner
+    from obliviate.metrics.runner import ForwardRunner
+    from obliviate.metrics.tofu_eval import SPLIT_ALIASES
     from obliviate.metrics.tofu import SplitValues, split_results
 
     splits = {SPLIT_ALIASES.get(name, name): samples for name, samples in splits.items()}  # real_authors -> ra, ...

@@ -3,7 +3,7 @@
 import pytest
 
 from obliviate.metrics.retrain_free import teacher_forced_results
-from obliviate.metrics.runner import evaluate_tofu
+from obliviate.metrics.tofu_eval import evaluate_tofu
 from tests.unit.metrics.conftest import make_split
 
 
