@@ -44,11 +44,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from obliviate.metrics import tofu as T  # noqa: E402
-from obliviate.metrics.memorisation import exact_memorisation, extraction_strength  # noqa: E402
-from obliviate.metrics.mia_llm import mia_auc, min_k_plus_plus_score, min_k_score, token_mu_sigma  # noqa: E402
-from obliviate.metrics.runner import ForwardRunner  # noqa: E402
-from obliviate.metrics.tofu_eval import evaluate_tofu  # noqa: E402
+from obliviate.metrics import tofu as T
+from obliviate.metrics.memorisation import exact_memorisation, extraction_strength
+from obliviate.metrics.mia_llm import mia_auc, min_k_plus_plus_score, min_k_score, token_mu_sigma
+from obliviate.metrics.runner import ForwardRunner
+from obliviate.metrics.tofu_eval import evaluate_tofu
 
 
 # ---------------------------------------------------------------------- model, tokenizer, data
@@ -348,7 +348,7 @@ def real_tofu(tofu: str, forget_split: str, max_new: int,
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    import obliviate.config_resolvers  # noqa: F401
+    import obliviate.config_resolvers
     from obliviate.pipelines import llm_eval
     from obliviate.pipelines.llm import load_model, text_data_paths
 

@@ -299,8 +299,8 @@ def teacher_forced_results(model: Any, tokenizer: Any, splits: Mapping[str, Sequ
         ``{key: {"agg_value", "value_by_index"}}`` from :func:`obliviate.metrics.tofu.split_results`.
     """
     from obliviate.metrics.runner import ForwardRunner
-    from obliviate.metrics.tofu_eval import SPLIT_ALIASES
     from obliviate.metrics.tofu import SplitValues, split_results
+    from obliviate.metrics.tofu_eval import SPLIT_ALIASES
 
     splits = {SPLIT_ALIASES.get(name, name): samples for name, samples in splits.items()}  # real_authors -> ra, ...
     pad = getattr(tokenizer, "pad_token_id", None)

@@ -33,7 +33,7 @@ from torch import nn
 
 from obliviate.errors import DataError
 from obliviate.metrics.mia_llm import token_mu_sigma
-from obliviate.metrics.tofu import save_tofu_results, tofu_summary  # noqa: F401  (re-exported)
+from obliviate.metrics.tofu import save_tofu_results, tofu_summary  # re-exported
 from obliviate.progress import progress
 
 IGNORE_INDEX = -100
@@ -151,7 +151,7 @@ class _HeadAt:
         self.applied = True
         return (hidden[self.rows, self.positions], *args[1:])  # [n, h]
 
-    def __enter__(self) -> "_HeadAt":
+    def __enter__(self) -> _HeadAt:
         if isinstance(self.head, nn.Module):
             self.handle = self.head.register_forward_pre_hook(self._pre)
         return self

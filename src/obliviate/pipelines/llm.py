@@ -31,12 +31,12 @@ from obliviate.data.text import (
     resolve_dataset_spec,
     write_synthetic_tofu,
 )
+from obliviate.distributed import write_json_main as write_json
 from obliviate.engine import SupervisedTrainer
 from obliviate.engine.guard import DivergenceGuard, make_guard_config
 from obliviate.engine.progress import progress_label
 from obliviate.engine.trainer import build_trainer
 from obliviate.errors import ConfigError, DataError
-from obliviate.distributed import write_json_main as write_json
 from obliviate.methods import METHODS
 from obliviate.models.adapters import CausalLMAdapter
 from obliviate.models.llm import load_causal_lm, save_causal_lm

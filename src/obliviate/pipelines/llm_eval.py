@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import TrainerCallback
 
-from obliviate.errors import ConfigError
 from obliviate.distributed import write_json_main
+from obliviate.errors import ConfigError
 from obliviate.io import read_json
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,8 @@ def evaluate(model: nn.Module, tokenizer: Any, ev: Evaluation, out_dir: Path | N
         ``{"summary": {...}, "results": {...}, "warnings": [...], "eval_time_s": ...}``;
         missing retain logs give ``forget_quality: None`` and a warning, never an error.
     """
-    from obliviate.metrics.tofu_eval import evaluate_tofu
     from obliviate.metrics.tofu import EVAL_FILE, SUMMARY_FILE, tofu_summary
+    from obliviate.metrics.tofu_eval import evaluate_tofu
 
     c = ev.cfg
     logs = c.get("retain_logs_path") if retain_logs_path == "config" else retain_logs_path

@@ -12,8 +12,8 @@ import torch
 
 from obliviate.errors import DataError
 from obliviate.metrics.runner import ForwardRunner, greedy_draft, save_tofu_results, tofu_summary
-from obliviate.metrics.tofu_eval import evaluate_tofu
 from obliviate.metrics.tofu import MODEL_UTILITY_KEYS, model_utility
+from obliviate.metrics.tofu_eval import evaluate_tofu
 from obliviate.models.adapters import CausalLMAdapter
 
 from .conftest import EOS, PAD, encode_qa, make_split
