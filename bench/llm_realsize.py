@@ -110,7 +110,7 @@ def _table(rows: list[tuple[str, float, float]], total: tuple[float, float]) -> 
 
 
 # ----------------------------------------------------------------------------- (a) seed-001
-def part_a(tofu: str, out: Path, probe_all: bool) -> dict[str, Any]:
+def part_a(tofu: str, out: Path, probe_all: bool, probe_samples: int | None = None) -> dict[str, Any]:
     from obliviate.engine.trainer import UnlearningTrainer
     from obliviate.pipelines import llm
 
@@ -123,7 +123,8 @@ def part_a(tofu: str, out: Path, probe_all: bool) -> dict[str, Any]:
     run_dir = out / "seed001"
     cache = Path(tempfile.mkdtemp(prefix="tok_cache_", dir=out))  # cold tokenisation, as a first run
     args = ["unlearn", *SEED_001, f"paths.tofu={tofu}", "trainer.args.max_steps=3", f"paths.output_dir={run_dir}",
-            f"paths.cache_dir={cache}", "overwrite=true", *(["probe_samples=null"] if probe_all else [])]
+            f"paths.cache_dir={cache}", "overwrite=true", *(["probe_samples=null"] if probe_all else []),
+            *([f"probe_samples={probe_samples}"] if probe_samples and not probe_all else [])]
     load_before = load()
     total = _run_cli(args)
     m = json.loads((run_dir / "metrics.json").read_text())
@@ -293,6 +294,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--naive", action="store_true", help="(b) also run the naive per-metric baseline (long: ~2-3x the eval)")
     ap.add_argument("--probe-all", action="store_true", help="(a) probe every row (probe_samples=null) instead of estimating it")
+    ap.add_argument("--probe-samples", type=int, default=None, help="(a) probe_samples=N instead of the default (256)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -301,7 +303,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.part in ("a", "all"):
-        results["seed001"] = part_a(args.tofu, out, args.probe_all)
+        results["seed001"] = part_a(args.tofu, out, args.probe_all, args.probe_samples)
     if args.part in ("b", "all"):
         results["eval"] = part_b(args.tofu, out, args.max_new_tokens, args.naive, args.max_samples)
     if args.part == "c":
