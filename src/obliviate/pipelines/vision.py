@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -153,6 +152,23 @@ def obtain_reference_models(cfg: DictConfig, data: VisionData, split: Split, run
                 atomic_write_json(run_dir / stage / "train_info.json", {"seconds": seconds, "samples": len(ds)})
         out[stage], out[f"{stage}_time_s"] = model, seconds
     return out
+
+
+def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The ``obliviate train`` job (vision): train the original and the retrained models,
+    evaluate both; writes ``eval/{original,retrain}.json`` and ``metrics.json``, returns the latter."""
+    seed = int(cfg.seed)
+    data = load_data(cfg)
+    split = split_forget(data, forget_selection(cfg), seed)
+    refs = obtain_reference_models(cfg, data, split, run_dir)
+    out: dict[str, Any] = {}
+    for stage in ("original", "retrain"):
+        metrics, per_sample = evaluate(refs[stage], split, data.test, data.num_classes, seed)
+        out[stage] = {**metrics, "train_time_s": refs[f"{stage}_time_s"]}
+        atomic_write_json(run_dir / "eval" / f"{stage}.json", per_sample)
+    result = {"track": "vision", "status": "completed", "forget": forget_selection(cfg), **out}
+    atomic_write_json(run_dir / "metrics.json", result)
+    return result
 
 
 def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = None, refs: dict[str, Any] | None = None,
