@@ -114,3 +114,13 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+# The project's registries. They live here, below every package that fills them, so that a
+# module registering an entry never imports its own package's ``__init__`` (no import cycles);
+# each package re-exports its registry (``from obliviate.methods import METHODS`` still works).
+DATASETS: Registry = Registry("dataset")
+METHODS: Registry = Registry("method")
+METRICS: Registry = Registry("metric")
+MODELS: Registry = Registry("model")
+PRUNERS: Registry = Registry("pruner")

@@ -2,9 +2,7 @@
 
 from obliviate.data.pairing import ForgetRetainDataset, PairCollator, stack_collate
 from obliviate.data.selection import check_no_overlap, content_key, select_forget
-from obliviate.registry import Registry
-
-DATASETS: Registry = Registry("dataset")
+from obliviate.registry import DATASETS
 
 __all__ = [
     "DATASETS",

@@ -10,9 +10,7 @@ is adding a file (plus its ``configs/trainer/<Name>.yaml``).
 import importlib
 import pkgutil
 
-from obliviate.registry import Registry
-
-METHODS: Registry = Registry("method")
+from obliviate.registry import METHODS
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if not _mod.startswith("_") and _mod != "base":

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from obliviate.errors import ConfigError
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods.base import UnlearningMethod
 from obliviate.models.adapters import kl_from_logits
 

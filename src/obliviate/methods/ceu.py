@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods._common import RETAIN_LOSS_TYPES, check_choice, check_positive, check_reduction, retain_loss
 from obliviate.methods._losses import ceu_targets, reduce_tokens, soft_cross_entropy
 from obliviate.methods.base import UnlearningMethod

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods._common import RETAIN_LOSS_TYPES, check_choice, check_positive, check_reduction, idk_batch, retain_loss
 from obliviate.methods._losses import dpo_loss
 from obliviate.methods._refcache import CachedReference

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from obliviate.data import stack_collate
 from obliviate.errors import ConfigError
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods.base import UnlearningMethod
 
 log = logging.getLogger(__name__)

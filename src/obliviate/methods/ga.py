@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods._common import check_reduction, nll_term
 from obliviate.methods.base import UnlearningMethod
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods._common import RETAIN_LOSS_TYPES, check_choice, check_reduction, nll_term, retain_loss
 from obliviate.methods.base import UnlearningMethod
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods._common import IDK_KEY, check_positive, check_reduction, idk_batch, retain_loss
 from obliviate.methods.base import UnlearningMethod
 

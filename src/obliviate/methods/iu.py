@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from obliviate.errors import ConfigError
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods.base import UnlearningMethod
 from obliviate.methods.ff import change_stats, eval_mode, iter_batches, mean_grad, model_device, per_sample_grads, snapshot, trainable_params
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods.base import UnlearningMethod
 
 

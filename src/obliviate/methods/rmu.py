@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from obliviate.errors import ConfigError
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods._common import check_choice, check_positive, check_reduction, nll_term
 from obliviate.methods._losses import activation_mse
 from obliviate.methods.base import UnlearningMethod

@@ -30,7 +30,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from obliviate.errors import ConfigError
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods.base import UnlearningMethod
 from obliviate.methods.ff import eval_mode, mean_grad
 from obliviate.methods.rl import RandomLabel, RLConfig

@@ -30,7 +30,7 @@ import torch
 from transformers import TrainerCallback
 
 from obliviate.errors import ConfigError
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods.base import UnlearningMethod
 from obliviate.models.adapters import kl_from_logits
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods._common import check_choice, check_positive, check_reduction, retain_loss
 from obliviate.methods._losses import simnpo_loss
 from obliviate.methods.base import UnlearningMethod

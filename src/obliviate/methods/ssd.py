@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from obliviate.errors import ConfigError
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods.base import UnlearningMethod
 from obliviate.methods.ff import change_stats, diag_fisher, snapshot, trainable_params
 

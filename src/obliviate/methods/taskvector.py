@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from obliviate.methods import METHODS
+from obliviate.registry import METHODS
 from obliviate.methods._common import check_positive, check_reduction, model_device, nll_term, pad_collate, to_device
 from obliviate.methods.base import UnlearningMethod
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from obliviate.metrics import METRICS
+from obliviate.registry import METRICS
 
 GAP_KEYS = ("UA", "RA", "TA", "MIA")
 

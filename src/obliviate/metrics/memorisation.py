@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from obliviate.metrics import METRICS
+from obliviate.registry import METRICS
 
 
 def _flags(correct: Sequence[bool] | np.ndarray) -> np.ndarray:

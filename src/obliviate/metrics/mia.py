@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from obliviate.metrics import METRICS
+from obliviate.registry import METRICS
 
 
 @METRICS.register("MIA", track="vision", higher_is_better=None, needs=("forget", "retain", "test"))

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from obliviate.metrics import METRICS
+from obliviate.registry import METRICS
 
 #: Variance floor of Min-K%++ (as the reference framework: σ ≥ 1e-3).
 MIN_VARIANCE = 1e-6

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from obliviate.metrics import METRICS
+from obliviate.registry import METRICS
 from obliviate.metrics.tofu import nanmean, rouge_scores, tofu_summary
 
 #: Generated-text stop strings of MUSE's knowmem (muse_bench, the reference's generation args).

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from obliviate.metrics import METRICS
+from obliviate.registry import METRICS
 from obliviate.metrics.classification import accuracy
 
 #: The six teacher-forced inputs of model utility (the nine minus the three ROUGE values).

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from obliviate.io import atomic_write_json, read_json
-from obliviate.metrics import METRICS
+from obliviate.registry import METRICS
 
 #: The nine inputs of model utility, by reference-framework key (DESIGN §6).
 MODEL_UTILITY_KEYS: tuple[str, ...] = (

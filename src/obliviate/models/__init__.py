@@ -1,8 +1,6 @@
 """Models: vision classifiers (small CNN, CIFAR ResNet, any timm model) and HF causal LMs."""
 
-from obliviate.registry import Registry
-
-MODELS: Registry = Registry("model")
+from obliviate.registry import MODELS
 
 from obliviate.models import llm, vision  # noqa: E402,F401  (registration)
 from obliviate.models.vision import build_vision_model  # noqa: E402

@@ -17,7 +17,6 @@ package is located with :func:`importlib.util.find_spec` and never imported).
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import json
 import logging
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from obliviate.errors import ConfigError
-from obliviate.models import MODELS
+from obliviate.registry import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -330,14 +329,3 @@ def save_causal_lm(model: nn.Module, tokenizer: Any, out_dir: str | Path, *, mer
     return out_dir
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A stable hash of a tokenizer's vocabulary, rules, special tokens and chat template."""
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        h.update(backend.to_str().encode("utf-8"))
-    else:  # slow tokenizer
-        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode("utf-8"))
-    h.update(str(getattr(tokenizer, "chat_template", None)).encode("utf-8"))
-    h.update(json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, type(tokenizer).__name__]).encode())
-    return h.hexdigest()[:16]

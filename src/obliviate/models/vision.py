@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from obliviate.errors import ConfigError
-from obliviate.models import MODELS
+from obliviate.registry import MODELS
 
 
 @MODELS.register("digits_cnn", track="vision")

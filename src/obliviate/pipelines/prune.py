@@ -95,7 +95,7 @@ def rewind_state_for(cfg: DictConfig, opts: dict[str, Any], data: VisionData, se
     if cfg.get("original_checkpoint"):
         log.warning("IMP rewinds to the seeded initial weights (seed=%s); they match original_checkpoint only if it was "
                     "trained by obliviate with the same seed and model", seed)
-    from obliviate.pipelines.vision import build_model
+    from obliviate.pipelines.vision_stages import build_model
 
     return {k: v.detach().clone() for k, v in build_model(cfg, data, seed).state_dict().items()}
 
@@ -235,7 +235,7 @@ def transform_report(state: dict[str, Any], retrain: dict[str, Any] | None = Non
 # ----------------------------------------------------------------------------- obliviate prune
 def _accuracies(model: nn.Module, data: VisionData, include_head: bool) -> dict[str, Any]:
     from obliviate.metrics.classification import accuracy, per_class_accuracy
-    from obliviate.pipelines.vision import predict
+    from obliviate.pipelines.vision_stages import predict
 
     test, train = predict(model, data.test), predict(model, data.train)
     sp = measure_sparsity(model, include_head=include_head)
@@ -245,7 +245,7 @@ def _accuracies(model: nn.Module, data: VisionData, include_head: bool) -> dict[
 
 def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """The ``obliviate prune`` job (vision track); writes metrics.json and returns it."""
-    from obliviate.pipelines.vision import build_model, load_data
+    from obliviate.pipelines.vision_stages import build_model, load_data
 
     opts = pruning_options(cfg)
     if not opts:
@@ -277,7 +277,7 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     selection = forget_selection(cfg)
     split = None
     if selection:
-        from obliviate.pipelines.vision import split_forget
+        from obliviate.pipelines.vision_stages import split_forget
 
         split = split_forget(data, selection, seed)
     counts_before, fr_before = param_counts(model), _forget_retain(model, split)
@@ -285,7 +285,7 @@ def run_prune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     physical: dict[str, Any] = {}
     if str(opts["name"]).lower() == "unlearning_prune":  # forget/retain = the configured forget selection
         from obliviate.pipelines.prune_structured import vision_unlearning_prune
-        from obliviate.pipelines.vision import split_forget
+        from obliviate.pipelines.vision_stages import split_forget
 
         model, info = vision_unlearning_prune(model, split if split is not None else split_forget(data, selection, seed), opts, seed)
         from obliviate.pruning import attached_masks
@@ -328,7 +328,7 @@ def _forget_retain(model: nn.Module, split: Any) -> dict[str, float]:
     if split is None:
         return {}
     from obliviate.metrics.classification import accuracy
-    from obliviate.pipelines.vision import predict
+    from obliviate.pipelines.vision_stages import predict
 
     f, r = predict(model, split.forget), predict(model, split.retain)
     return {"forget_accuracy": accuracy(f["pred"], f["label"]), "retain_accuracy": accuracy(r["pred"], r["label"])}
@@ -338,7 +338,7 @@ def _save_physical(model: nn.Module, removal: dict[str, Any], out_dir: Path, inc
     """Save a physically pruned CNN twice: shrunk and as the equivalent full-size checkpoint.
 
     ``model_physical.safetensors`` (+ ``mask_physical.safetensors``) hold the shrunk model, with
-    the new module sizes in the safetensors metadata (:func:`~obliviate.pruning.physical_cnn.load_physical`
+    the new module sizes in the safetensors metadata (:func:`~obliviate.checkpoint.load_model`
     rebuilds a freshly built model to them). ``model.safetensors`` / ``mask.safetensors`` hold the
     full-size equivalent (removed channels are zero weights and pruned mask entries), so the
     documented ``original_checkpoint=RUN/pruned/model.safetensors pruning=mask`` workflow, which

@@ -186,7 +186,7 @@ def vision_unlearning_prune(model: nn.Module, split: Any, opts: dict[str, Any], 
 
     from obliviate.data import stack_collate
     from obliviate.metrics.classification import accuracy
-    from obliviate.pipelines.vision import predict
+    from obliviate.pipelines.vision_stages import predict
 
     if str(opts.get("prune_metric", "lora")) == "lora":
         log.info("unlearning_prune on a CNN: LoRA adapters on the convolutions score the channels")

@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 
 OBJECTIVES = ("retrain_free", "retrain")
 SPACE_DIR = Path(__file__).resolve().parents[1] / "configs" / "tune"
-#: Validation metrics copied into tune.json per track.
-VALIDATION_KEYS = {"vision": ("UA", "RA", "TA", "MIA", "avg_gap"),
-                   "llm": ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
-                           "retain_Q_A_Prob", "retain_Q_A_ROUGE", "privleak", "extraction_strength")}
 
 
 # ----------------------------------------------------------------------------- settings
@@ -320,9 +316,9 @@ def print_summary(result: dict[str, Any], out_dir: Path) -> None:
     if val.get("skipped"):
         print(f"\nvalidation skipped: {val['skipped']}")
     else:
-        keys = VALIDATION_KEYS[result["track"]]
         print(f"\nvalidation against {val.get('against')}:")
         for name in ("default", "tuned"):
-            if val.get(name):
-                print(f"  {name:<8}" + "  ".join(f"{k}={val[name][k]:.4g}" for k in keys if isinstance(val[name].get(k), (int, float))))
+            if val.get(name):  # the problem's validation_metrics (VALIDATION_KEYS of tune_vision / tune_llm), in order
+                print(f"  {name:<8}" + "  ".join(f"{k}={v:.4g}" for k, v in val[name].items() if isinstance(v, (int, float))
+                                                 and not isinstance(v, bool)))
     print(f"\ntune: {out_dir / 'tune.json'}")

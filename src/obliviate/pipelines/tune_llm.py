@@ -72,6 +72,11 @@ def holdout_spec(cfg: DictConfig, ecfg: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+#: Validation metrics copied into tune.json (in this order).
+VALIDATION_KEYS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
+                   "retain_Q_A_Prob", "retain_Q_A_ROUGE", "privleak", "extraction_strength")
+
+
 class LLMProblem:
     """Everything the LLM trials share (built once per process).
 
@@ -303,9 +308,7 @@ class LLMProblem:
 
     @staticmethod
     def validation_metrics(res: dict[str, Any]) -> dict[str, Any]:
-        from obliviate.pipelines.tune import VALIDATION_KEYS
-
-        return {k: res.get(k) for k in VALIDATION_KEYS["llm"]}
+        return {k: res.get(k) for k in VALIDATION_KEYS}
 
 
 def _forget_truth_ratios(logs: dict[str, Any]) -> list[float]:

@@ -67,6 +67,10 @@ def _relabelled(ds: TensorImageDataset, labels: np.ndarray) -> TensorImageDatase
                               std=tuple(ds.std.flatten().tolist()), indices=ds.indices)
 
 
+#: Validation metrics copied into tune.json (in this order).
+VALIDATION_KEYS = ("UA", "RA", "TA", "MIA", "avg_gap")
+
+
 class VisionProblem:
     """Everything the vision trials share (built once per process).
 
@@ -242,9 +246,7 @@ class VisionProblem:
 
     @staticmethod
     def validation_metrics(res: dict[str, Any]) -> dict[str, Any]:
-        from obliviate.pipelines.tune import VALIDATION_KEYS
-
-        return {k: res["unlearned"].get(k) for k in VALIDATION_KEYS["vision"]}
+        return {k: res["unlearned"].get(k) for k in VALIDATION_KEYS}
 
 
 def _sha(idx: np.ndarray) -> str:

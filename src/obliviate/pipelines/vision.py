@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
-from transformers import set_seed
 
 from obliviate.checkpoint import load_model, save_model
-from obliviate.data import DATASETS, ForgetRetainDataset, PairCollator, select_forget, stack_collate
-from obliviate.data.selection import class_indices
+from obliviate.data import ForgetRetainDataset, PairCollator, stack_collate
 from obliviate.data.vision import TensorImageDataset, VisionData
 from obliviate.distributed import is_main_process
 from obliviate.engine import SupervisedTrainer, build_trainer
@@ -33,48 +28,12 @@ from obliviate.io import atomic_write_json, read_json
 from obliviate.methods import METHODS
 from obliviate.metrics.classification import GAP_KEYS, accuracy, avg_gap, per_class_accuracy, test_accuracy
 from obliviate.metrics.mia import mia_efficacy
-from obliviate.models import build_vision_model
 from obliviate.models.adapters import ClassifierAdapter
 from obliviate.pipelines.common import forget_selection, latest_checkpoint, timer, training_arguments
+from obliviate.pipelines.prune import finalize_model, prepare_model, transform_report
+from obliviate.pipelines.vision_stages import Split, build_model, load_data, predict, split_forget  # noqa: F401  (the API of this module too)
 
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- data + model
-def load_data(cfg: DictConfig) -> VisionData:
-    """Load the configured vision dataset (``cfg.data``)."""
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    name = data_cfg.pop("name")
-    return DATASETS.get(name)(**data_cfg)
-
-
-@dataclass
-class Split:
-    """Forget/retain split of the training set (positions into ``data.train``)."""
-
-    forget_idx: np.ndarray
-    retain_idx: np.ndarray
-    forget_classes: list[int]
-    forget: TensorImageDataset
-    retain: TensorImageDataset
-
-
-def split_forget(data: VisionData, selection: dict[str, Any], seed: int) -> Split:
-    """Select the forget set from the training split (never from the test split)."""
-    labels = data.train.labels.numpy()
-    forget_idx, retain_idx = select_forget(labels, seed=seed, class_names=data.class_names, **selection)
-    fc = selection.get("forget_class")
-    classes = [] if fc is None else class_indices(fc, data.class_names)
-    return Split(forget_idx, retain_idx, classes, data.train.subset(forget_idx), data.train.subset(retain_idx))
-
-
-def build_model(cfg: DictConfig, data: VisionData, seed: int) -> nn.Module:
-    """Build the configured model with a seeded initialisation."""
-    set_seed(seed)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    builder = model_cfg.pop("builder")
-    model_cfg.pop("track", None)
-    return build_vision_model(builder, num_classes=data.num_classes, in_chans=data.in_chans, **model_cfg)
 
 
 # ----------------------------------------------------------------------------- training
@@ -130,24 +89,6 @@ def unlearn(
 
 
 # ----------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def predict(model: nn.Module, dataset: TensorImageDataset, batch_size: int = 512) -> dict[str, np.ndarray]:
-    """One forward pass over ``dataset``: index, label, prediction, true-class confidence, loss."""
-    model.eval()
-    out: dict[str, list] = {"index": [], "label": [], "pred": [], "confidence": [], "loss": []}
-    for batch in DataLoader(dataset.with_augment(False), batch_size=batch_size, collate_fn=stack_collate):
-        logits = model(batch["pixel_values"]).float()  # [b, C]
-        logp = torch.log_softmax(logits, -1)
-        y = batch["labels"]
-        true_logp = logp.gather(1, y[:, None]).squeeze(1)
-        out["index"].append(batch["index"].numpy())
-        out["label"].append(y.numpy())
-        out["pred"].append(logits.argmax(-1).numpy())
-        out["confidence"].append(true_logp.exp().numpy())
-        out["loss"].append((-true_logp).numpy())
-    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
-
-
 def evaluate(model: nn.Module, split: Split, test: TensorImageDataset, num_classes: int, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """UA, RA, TA (+ forgotten-class TA), MIA-efficacy, per-class test accuracy.
 
@@ -213,6 +154,23 @@ def obtain_reference_models(cfg: DictConfig, data: VisionData, split: Split, run
     return out
 
 
+def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The ``obliviate train`` job (vision): train the original and the retrained models,
+    evaluate both; writes ``eval/{original,retrain}.json`` and ``metrics.json``, returns the latter."""
+    seed = int(cfg.seed)
+    data = load_data(cfg)
+    split = split_forget(data, forget_selection(cfg), seed)
+    refs = obtain_reference_models(cfg, data, split, run_dir)
+    out: dict[str, Any] = {}
+    for stage in ("original", "retrain"):
+        metrics, per_sample = evaluate(refs[stage], split, data.test, data.num_classes, seed)
+        out[stage] = {**metrics, "train_time_s": refs[f"{stage}_time_s"]}
+        atomic_write_json(run_dir / "eval" / f"{stage}.json", per_sample)
+    result = {"track": "vision", "status": "completed", "forget": forget_selection(cfg), **out}
+    atomic_write_json(run_dir / "metrics.json", result)
+    return result
+
+
 def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = None, refs: dict[str, Any] | None = None,
                    split: Split | None = None, save_checkpoint: bool = True) -> dict[str, Any]:
     """The whole vision unlearning job; writes metrics.json and eval/*.json into ``run_dir``."""
@@ -230,7 +188,6 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = 
         evals[stage] = evaluate(refs[stage], split, data.test, data.num_classes, seed)
     model = copy.deepcopy(refs["original"])
     # Model transforms before the method (pruning=omp|imp|mask, lora.enabled=true): obliviate.pipelines.prune
-    from obliviate.pipelines.prune import finalize_model, prepare_model, transform_report
 
     model, transforms = prepare_model(cfg, model, data, run_dir, seed, evaluate=lambda m: evaluate(m, split, data.test, data.num_classes, seed)[0],
                                       split=split)

@@ -10,9 +10,7 @@ adding a pruner is adding a file. Reported sparsity is always *measured*
 import importlib
 import pkgutil
 
-from obliviate.registry import Registry
-
-PRUNERS: Registry = Registry("pruner")
+from obliviate.registry import PRUNERS
 
 from obliviate.pruning.masks import (  # noqa: E402
     attach_masks,

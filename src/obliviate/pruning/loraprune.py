@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from obliviate.errors import ConfigError
-from obliviate.pruning import PRUNERS
+from obliviate.registry import PRUNERS
 from obliviate.pruning.groups import GroupMasks, GroupSet, Member, base_layer, discover_groups
 
 PRUNE_METRICS = ("lora", "grad", "magnitude")

@@ -33,7 +33,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from obliviate.errors import ConfigError
-from obliviate.pruning import PRUNERS
+from obliviate.registry import PRUNERS
 from obliviate.pruning.masks import Masks, attach_masks, measure_sparsity, prunable_weights
 
 log = logging.getLogger(__name__)

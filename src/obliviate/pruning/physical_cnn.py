@@ -31,7 +31,8 @@ soft ``GroupMasks`` passed in are reduced to the sets that were not removed and 
 **Saving and reloading.** The shrunk model's ``state_dict`` no longer fits a freshly built
 (full-size) architecture. The report's ``"shapes"`` records the new sizes of every replaced
 module; :func:`shrink_to` rebuilds a fresh model to those sizes (then ``load_state_dict``
-works), :func:`save_physical` / :func:`load_physical` store them in the safetensors metadata,
+works), :func:`save_physical` / :func:`read_shapes` store them in the safetensors metadata
+(:func:`obliviate.checkpoint.load_model` shrinks a fresh model to them before loading),
 and :func:`expand_state_dict` turns the shrunk weights (or masks) back into the equivalent
 full-size tensors (removed channels = 0 / False) for tools that build the full architecture.
 """
@@ -40,8 +41,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import operator
+import os
 from pathlib import Path
 from typing import Any
 
@@ -457,17 +458,5 @@ def read_shapes(path: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else None
 
 
-def load_physical(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a checkpoint written by :func:`save_physical` into a freshly built full-size ``model``.
-
-    Same as :func:`obliviate.checkpoint.load_model`, which shrinks the model to the stored
-    sizes (:func:`shrink_to`) first; an ordinary checkpoint is loaded as is. Returns the
-    (possibly shrunk) model.
-    """
-    from obliviate.checkpoint import load_model
-
-    return load_model(model, path)
-
-
-__all__ = ["expand_state_dict", "load_physical", "module_shapes", "read_shapes", "remove_conv_channels", "save_physical",
+__all__ = ["expand_state_dict", "module_shapes", "read_shapes", "remove_conv_channels", "save_physical",
            "shrink_to"]

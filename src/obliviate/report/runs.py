@@ -27,7 +27,6 @@ from typing import Any
 
 from obliviate.errors import DataError
 from obliviate.io import read_json
-from obliviate.report.tune import validation_dirs
 
 VISION_KEYS = ("UA", "RA", "TA", "MIA", "avg_gap", "rte_s")
 # Answer probability p = mean exp(-answer NLL) and mean answer NLL of the forget / retain sets,
@@ -62,6 +61,16 @@ TOFU_KEYS = (
 )
 LLM_KEYS = (*LLM_PROB_KEYS, *LLM_NLL_KEYS, *TOFU_KEYS)
 TOFU_FILES = ("TOFU_SUMMARY.json", "TOFU_EVAL.json")
+
+
+def validation_dirs(path: str | Path) -> list[tuple[str, Path]]:
+    """``[(name, run dir)]`` of the validation runs that exist (``default``, ``tuned``)."""
+    out = []
+    for name in ("default", "tuned"):
+        run_dir = Path(path) / "validation" / name
+        if (run_dir / "metrics.json").is_file():
+            out.append((name, run_dir))
+    return out
 
 
 @dataclass

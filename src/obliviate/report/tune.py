@@ -25,16 +25,6 @@ def is_tune_dir(path: str | Path) -> bool:
     return (Path(path) / TUNE_FILE).is_file()
 
 
-def validation_dirs(path: str | Path) -> list[tuple[str, Path]]:
-    """``[(name, run dir)]`` of the validation runs that exist (``default``, ``tuned``)."""
-    out = []
-    for name in ("default", "tuned"):
-        run_dir = Path(path) / "validation" / name
-        if (run_dir / "metrics.json").is_file():
-            out.append((name, run_dir))
-    return out
-
-
 def _value(t: dict[str, Any]) -> float | None:
     v = t.get("value")
     if v is None and t.get("state") == "PRUNED" and t.get("intermediate"):

@@ -5,13 +5,13 @@ import copy
 import torch
 from torch import nn
 
+from obliviate.checkpoint import load_model as load_physical  # shrinks a fresh model to the stored sizes
 from obliviate.models.vision import DigitsCNN, ResNetCIFAR
 from obliviate.pipelines.prune_structured import bake_masks
 from obliviate.pruning import attached_masks
 from obliviate.pruning.groups import GroupMasks, discover_groups
 from obliviate.pruning.physical_cnn import (
     expand_state_dict,
-    load_physical,
     read_shapes,
     remove_conv_channels,
     save_physical,

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_module
 
 from obliviate.checkpoint import load_model
 from obliviate.pruning import attach_masks, load_masks
-from obliviate.pruning.physical_cnn import load_physical
+from obliviate.checkpoint import load_model as load_physical  # shrinks a fresh model to the stored sizes
 
 VISION_LP = ["pruning=loraprune", "pruning.steps=12", "pruning.warmup_steps=2", "pruning.cooldown_steps=2",
              "pruning.prune_freq=2", "pruning.target_ratio=0.25", "pruning.latency_repeats=2", "train.args.num_train_epochs=1",

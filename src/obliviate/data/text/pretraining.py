@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from obliviate.data import DATASETS
+from obliviate.registry import DATASETS
 from obliviate.data.text.qa import IGNORE_INDEX, DataCollatorForSupervisedDataset
 from obliviate.data.text.rawtext import load_rows
 from obliviate.errors import ConfigError, DataError

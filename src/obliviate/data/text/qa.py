@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from obliviate.data import DATASETS
 from obliviate.data.text.tofu import field_names, load_idk_answers, load_qa_rows, validate_rows
 from obliviate.errors import ConfigError, DataError
 from obliviate.io import atomic_write_bytes
+from obliviate.registry import DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,20 @@ def rows_hash(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _cache_key(tokenizer: Any, template_args: dict, question_key: str, answer_key: str, max_length: int | None, rows: Sequence[dict]) -> str:
-    from obliviate.models.llm import tokenizer_fingerprint
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A stable hash of a tokenizer's vocabulary, rules, special tokens and chat template."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode("utf-8"))
+    else:  # slow tokenizer
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode("utf-8"))
+    h.update(str(getattr(tokenizer, "chat_template", None)).encode("utf-8"))
+    h.update(json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, type(tokenizer).__name__]).encode())
+    return h.hexdigest()[:16]
 
+
+def _cache_key(tokenizer: Any, template_args: dict, question_key: str, answer_key: str, max_length: int | None, rows: Sequence[dict]) -> str:
     payload = {"v": ENCODING_VERSION, "tok": tokenizer_fingerprint(tokenizer), "template": template_args,
                "q": question_key, "a": answer_key, "max_length": max_length, "rows": rows_hash(rows, (question_key, answer_key))}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]

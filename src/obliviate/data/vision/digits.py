@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from obliviate.data import DATASETS
+from obliviate.registry import DATASETS
 from obliviate.data.vision.tensors import TensorImageDataset, VisionData
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from obliviate.data import DATASETS
+from obliviate.registry import DATASETS
 from obliviate.data.vision.tensors import TensorImageDataset, VisionData
 from obliviate.errors import DataError
 from obliviate.io import atomic_write_bytes

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from obliviate.data import DATASETS
+from obliviate.registry import DATASETS
 from obliviate.data.vision.tensors import TensorImageDataset, VisionData
 from obliviate.errors import DataError
 
