@@ -1,5 +1,6 @@
-"""Text data for the LLM track: TOFU QA loading, tokenisation, collator, synthetic authors."""
+"""Text data for the LLM track: TOFU QA loading, tokenisation, collator, synthetic authors, plain text."""
 
+from obliviate.data.text.plain import TextFileDataset
 from obliviate.data.text.qa import (
     IGNORE_INDEX,
     DataCollatorForSupervisedDataset,
@@ -27,6 +28,7 @@ __all__ = [
     "DataCollatorForSupervisedDataset",
     "QADataset",
     "QAwithIdkDataset",
+    "TextFileDataset",
     "available_datasets",
     "build_text_dataset",
     "encode_qa",
