@@ -7,10 +7,11 @@ retain model's ``train/eval/retain/TOFU_EVAL.json``; build them with
 ``bench/tofu_smollm2.py --steps prepare,train``). Forget = the two forget01 authors (40 QA),
 retain = the four retain authors (80 QA).
 
-1. ``sweep``: for every ranking (``dual (taylor)``, ``dual (lora)``: seed 000's rule,
-   ``magnitude``, ``random``; see ``bench/dual_prune.py``) the groups (KV-head groups, MLP
+1. ``sweep``: for every ranking (``--rankings``: ``dual (taylor)``, ``magnitude``, ``random``;
+   also ``dual (lora)``, seed 000's rule; see ``bench/dual_prune.py``) the groups (KV-head groups, MLP
    channels) are scored once and pruned at each ``--ratios`` value (soft mask baked into
-   zeroed weights, no training); forget / retain answer probability is measured. Per ranking
+   zeroed weights, no training); forget / retain answer probability ``exp(-mean answer NLL)``
+   is measured on the first ``--probe-samples`` (20) QA pairs of each. Per ranking
    the largest ratio whose retain probability stays >= ``--retain-floor`` x the target's is
    chosen (equal retain performance, the seed's ``min_retain_performance``).
 2. ``recover``: the chosen pruned model + ``--recover-steps`` steps of full fine-tuning on the
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dual_prune import prune_at, scores_for  # noqa: E402  (bench/dual_prune.py)
@@ -54,15 +56,18 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tofu-bench", default="bench_out/tofu_smollm2")
     p.add_argument("--out", default="bench_out/dual_prune_tofu")
-    p.add_argument("--ratios", default="0.005,0.01,0.02,0.03,0.05,0.08")
-    p.add_argument("--rankings", default=",".join(RANKINGS))
+    p.add_argument("--ratios", default="0.005,0.01,0.02,0.04")
+    p.add_argument("--rankings", default="dual (taylor),magnitude,random", help=f"comma-separated, of: {', '.join(RANKINGS)}")
     p.add_argument("--retain-floor", type=float, default=0.9)
-    p.add_argument("--recover-steps", type=int, default=10)
+    p.add_argument("--recover-steps", type=int, default=5)
     p.add_argument("--recover-lr", type=float, default=2e-5)
-    p.add_argument("--relearn-steps", type=int, default=20)
+    p.add_argument("--relearn-steps", type=int, default=10)
     p.add_argument("--relearn-lr", type=float, default=1e-4)
-    p.add_argument("--relearn-every", type=int, default=10)
+    p.add_argument("--relearn-every", type=int, default=5)
     p.add_argument("--eval-samples", type=int, default=40)
+    p.add_argument("--probe-samples", type=int, default=20, help="forget / retain QA pairs (the first N of each) behind the "
+                   "answer probabilities of the sweep, the recovery and the relearning curve")
+    p.add_argument("--model", default="SmolLM2-135M-Instruct", help="model config of the --tofu-bench models")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -78,20 +83,27 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     from obliviate.pipelines import llm
 
     bench = Path(args.tofu_bench).resolve()
-    over = ["experiment=llm/tofu", "model=SmolLM2-135M-Instruct", f"model.model_args.pretrained_model_name_or_path={bench / 'train' / 'target'}",
+    over = ["experiment=llm/tofu", f"model={args.model}", f"model.model_args.pretrained_model_name_or_path={bench / 'train' / 'target'}",
             f"paths.tofu={bench / 'tofu'}", "data.forget=TOFU_QA_FORGET01", "data.retain=TOFU_QA_RETAIN99"]
     with initialize_config_module("obliviate.configs", version_base="1.3"):
         cfg = compose(config_name="unlearn", overrides=over)
     paths = llm.text_data_paths(cfg)
     model, tok = llm.load_model(cfg)
-    return {"model": model.eval(), "tok": tok, "forget": llm.load_split(cfg, "forget", tok, paths=paths),
-            "retain": llm.load_split(cfg, "retain", tok, paths=paths), "collator": llm.make_collator(cfg, tok), "bench": bench}
+    forget, retain = llm.load_split(cfg, "forget", tok, paths=paths), llm.load_split(cfg, "retain", tok, paths=paths)
+    probe = {}
+    for key, ds in (("forget", forget), ("retain", retain)):
+        sub = Subset(ds, list(range(min(args.probe_samples, len(ds)))))
+        sub.tokenizer = tok  # answer_nll builds its collator from it
+        probe[key] = sub
+    return {"model": model.eval(), "tok": tok, "forget": forget, "retain": retain, "probe": probe,
+            "collator": llm.make_collator(cfg, tok), "bench": bench}
 
 
 def probs(model: torch.nn.Module, env: dict[str, Any]) -> dict[str, float]:
+    """Mean answer probability ``exp(-mean answer NLL)`` on the probe forget / retain QA pairs."""
     from obliviate.pipelines.llm import answer_nll
 
-    return {k: float(np.mean(np.exp(-np.asarray(answer_nll(model, env[k], 16))))) for k in ("forget", "retain")}
+    return {k: float(np.mean(np.exp(-np.asarray(answer_nll(model, env["probe"][k], 16))))) for k in ("forget", "retain")}
 
 
 def finetune(model: torch.nn.Module, env: dict[str, Any], steps: int, lr: float, seed: int, every: int = 0) -> list[dict[str, float]]:
@@ -120,7 +132,7 @@ def finetune(model: torch.nn.Module, env: dict[str, Any], steps: int, lr: float,
 def tofu_eval(model_dir: Path, out_dir: Path, env: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, Any], float, str]:
     bench = env["bench"]
     exe = str(Path(sys.executable).parent / "obliviate")
-    cmd = [exe, "eval", "experiment=llm/tofu", "model=SmolLM2-135M-Instruct", f"model.model_args.pretrained_model_name_or_path={model_dir}",
+    cmd = [exe, "eval", "experiment=llm/tofu", f"model={args.model}", f"model.model_args.pretrained_model_name_or_path={model_dir}",
            f"paths.tofu={bench / 'tofu'}", "data.forget=TOFU_QA_FORGET01", "data.retain=TOFU_QA_RETAIN99", "eval=tofu",
            "forget_split=forget01", "holdout_split=holdout01", f"eval.tofu.max_samples={args.eval_samples}", "eval.tofu.max_new_tokens=48",
            f"retain_logs_path={bench / 'train' / 'eval' / 'retain' / 'TOFU_EVAL.json'}", f"paths.output_dir={out_dir}"]
