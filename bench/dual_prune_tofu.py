@@ -214,6 +214,11 @@ def main() -> None:
         info["relearn_s"] = time.perf_counter() - t0
         del m
         (out / "results.json").write_text(json.dumps(res, indent=1))
+    train = env["bench"] / "train" / "metrics.json"
+    if train.exists():  # the unpruned target and retain models, as evaluated by bench/tofu_smollm2.py's train step
+        stages = json.loads(train.read_text())["stages"]
+        res["reference_models"] = {s: {k: next(iter(stages[s].get("eval", {}).values()), {}).get("summary", {}).get(k) for k in SUMMARY}
+                                   for s in ("target", "retain") if s in stages}
     res["wall_s"] = time.perf_counter() - t_start
     res["load"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(res, indent=1))
@@ -238,6 +243,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {n} | " + " | ".join(f"{p['forget']:.3f} / {p['retain']:.3f}" for p in rk[n]["sweep"]) + f" | {rk[n]['chosen_ratio']:g} |")
     lines += ["", "| model | pruned f / r | recovered f / r | " + " | ".join(SUMMARY) + " | relearn forget prob |",
               "|---|---:|---:|" + "---:|" * (len(SUMMARY) + 1)]
+    for stage, summ in (res.get("reference_models") or {}).items():
+        lines.append(f"| {stage} model (fine-tuned, unpruned) | - | - | " + " | ".join(fmt(summ.get(k)) for k in SUMMARY) + " | - |")
     for n, v in rk.items():
         if "tofu" not in v:
             continue
