@@ -24,7 +24,7 @@ from obliviate.pipelines.common import timer
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEYS = ("init_ratio", "target_ratio", "prune_freq", "prune_metric", "mode", "beta", "norm", "protect_layers")
+CONFIG_KEYS = ("init_ratio", "target_ratio", "prune_freq", "prune_metric", "mode", "beta", "norm", "protect_layers", "prune_kinds")
 
 
 def loraprune_config(opts: dict[str, Any], steps: int) -> Any:

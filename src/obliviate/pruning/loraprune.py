@@ -350,6 +350,8 @@ class LoRAPruneConfig:
             indices, or "reference" (LoRAPrune's ``freeze``: the first ``int(0.1·L)`` layers
             and the last one). Protected layers keep their width, so the pruned model has
             per-layer shapes (see :mod:`obliviate.pruning.physical_llm` for saving it).
+        prune_kinds: Kinds of groups that may be pruned (``["mlp"]``: MLP channels only, the
+            attention heads stay); ``None``: all kinds (attention, mlp, conv).
     """
 
     init_ratio: float = 0.0
@@ -362,6 +364,7 @@ class LoRAPruneConfig:
     beta: float = 0.9
     norm: str = "l2"
     protect_layers: Any = None
+    prune_kinds: Any = None
 
 
 class LoRAPruner:
@@ -386,6 +389,12 @@ class LoRAPruner:
         self.masks = GroupMasks(self.groups).attach(model)
         self.kinds = {g.key: g.kind for g in self.groups}
         self.protected = protected_sets(self.groups, self.cfg.protect_layers)
+        if self.cfg.prune_kinds is not None:
+            kinds = set(self.cfg.prune_kinds)
+            unknown = kinds - {"attention", "mlp", "conv"}
+            if unknown:
+                raise ConfigError(f"prune_kinds {sorted(unknown)} unknown; choose from attention, mlp, conv")
+            self.protected |= {g.key for g in self.groups if g.kind not in kinds}
 
     def step(self, step: int) -> float | None:
         """Update importance (after warm-up for the LoRA metric) and prune on schedule.

@@ -272,3 +272,18 @@ def test_text_file_dataset_blocks(tmp_path):
     (tmp_path / "b.txt").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(DataError, match="UTF-8"):
         TextFileDataset(tmp_path / "b.txt", tok)
+
+
+def test_prune_kinds_keeps_attention():
+    model = lora_model(tiny(kv=2))
+    pruner = LoRAPruner(model, total_steps=4, cfg=LoRAPruneConfig(target_ratio=0.5, warmup_steps=1, cooldown_steps=1, prune_freq=1,
+                                                                  prune_kinds=["mlp"]))
+    for step in range(4):
+        ids = torch.randint(0, 64, (2, 6))
+        model(input_ids=ids, labels=ids).loss.backward()
+        pruner.step(step)
+        model.zero_grad()
+    for key, keep in pruner.masks.keep.items():
+        assert int((~keep).sum()) == (24 if key.endswith("mlp") else 0)
+    with pytest.raises(ConfigError, match="prune_kinds"):
+        LoRAPruner(lora_model(tiny()), total_steps=4, cfg=LoRAPruneConfig(warmup_steps=1, cooldown_steps=1, prune_kinds=["heads"]))
