@@ -52,6 +52,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", default="1e-3")
     p.add_argument("--extra", default="", help="extra overrides for every prune run (space separated)")
+    p.add_argument("--tag", default="", help="suffix of the run names (p50<tag>), e.g. for runs with --extra overrides")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--gen-tokens", type=int, default=64)
@@ -97,8 +98,11 @@ def prune_cmd(args: argparse.Namespace, out: Path, ratio: float) -> list[str]:
             f"pruning.lr={args.lr}", f"paths.output_dir={out / run_name(ratio)}", *args.extra.split()]
 
 
+TAG = ""
+
+
 def run_name(ratio: float) -> str:
-    return f"p{round(100 * ratio):02d}"
+    return f"p{round(100 * ratio):02d}{TAG}"
 
 
 def run(cmd: list[str], log: Path, env: dict) -> float:
@@ -215,7 +219,7 @@ def measure(args: argparse.Namespace, out: Path, ratios: list[float]) -> dict[st
                              "kept_per_layer_example": {k: v for k, v in list(met["pruning"]["kept_per_layer"].items())[:2]},
                              "prune_s": met["pruning"]["seconds"], "wall_time_s": met["wall_time_s"]}
     text = (out / "heldout.txt").read_text(encoding="utf-8")
-    timed = {n: m for n, m in models.items() if n != "p00"}  # p00 has the dense shapes
+    timed = {n: m for n, m in models.items() if not n.startswith("p00")}  # p00 has the dense shapes
     t0 = time.perf_counter()
     sp = speed(timed, tok, args, text)
     speed_s = time.perf_counter() - t0
@@ -297,7 +301,9 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    global TAG
     args = parse()
+    TAG = args.tag
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.equivalence:
@@ -327,9 +333,9 @@ def main() -> None:
     t0 = time.perf_counter()
     res = measure(args, out, ratios)
     res.update({"measure_s": time.perf_counter() - t0, "times": times, "commands": commands, "load": os.getloadavg()})
-    (out / "results.json").write_text(json.dumps(res, indent=1))
+    (out / f"results{TAG}.json").write_text(json.dumps(res, indent=1))
     text = markdown(res) + "\n\ncommands:\n\n" + "\n".join(f"    {c}" for c in commands.values()) + "\n"
-    (out / "results.md").write_text(text)
+    (out / f"results{TAG}.md").write_text(text)
     print("\n" + text)
 
 
