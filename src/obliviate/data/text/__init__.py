@@ -1,4 +1,5 @@
-"""Text data for the LLM track: TOFU QA loading, tokenisation, collator, synthetic authors, plain text."""
+"""Text data for the LLM track: TOFU QA loading, tokenisation, collators, raw text (MUSE, WMDP), plain text files,
+synthetic data."""
 
 from obliviate.data.text.plain import TextFileDataset
 from obliviate.data.text.qa import (
@@ -9,6 +10,12 @@ from obliviate.data.text.qa import (
     build_text_dataset,
     encode_qa,
     encode_rows,
+)
+from obliviate.data.text.pretraining import (
+    COLLATORS,
+    CompletionDataset,
+    DataCollatorForPretraining,
+    PretrainingDataset,
 )
 from obliviate.data.text.tofu import (
     TOFU_HUB_ID,
@@ -22,7 +29,11 @@ from obliviate.data.text.tofu import (
 )
 
 __all__ = [
+    "COLLATORS",
+    "CompletionDataset",
+    "DataCollatorForPretraining",
     "IGNORE_INDEX",
+    "PretrainingDataset",
     "TOFU_HUB_ID",
     "TOFU_SCHEMAS",
     "DataCollatorForSupervisedDataset",
