@@ -76,7 +76,7 @@ def scores_for(ranking: str, model: nn.Module, fb: list, rb: list, loss_fn: Call
         g = torch.Generator().manual_seed(seed)
         return {gs.key: torch.rand(gs.n_groups, generator=g) for gs in groups}
     if ranking == "magnitude":
-        imp = group_importance(model, groups, "magnitude")
+        imp = group_importance(model, groups, "magnitude", norm="sum")  # the normalisation of the tables in dual_prune.md
         return {k: 1.0 / (v + 1e-12) for k, v in imp.items()}  # lowest magnitude = highest score
     if ranking == "dual (taylor)":
         _, _, dual = dual_sensitivity(model, fb, rb, loss_fn, UnlearningPruneConfig(prune_metric="taylor"), groups)

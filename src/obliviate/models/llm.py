@@ -210,6 +210,10 @@ def hf_causal_lm(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
         # dequantized: Trainer then refuses full fine-tuning and save_pretrained refuses to
         # save. A plain copy (same config and weights, no quantization marker) does both.
         model = _plain_copy(model).eval()
+    if getattr(model.config, "obliviate_pruned", None):  # per-layer widths saved zero-padded: shrink back
+        from obliviate.pruning.physical_llm import strip_padding
+
+        strip_padding(model)
     tokenizer = load_tokenizer(model_cfg.get("tokenizer_args"), path, tokenizer_gguf, trust)
     ensure_pad_token(tokenizer, model)
     return model, tokenizer

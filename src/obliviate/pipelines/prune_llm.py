@@ -1,12 +1,13 @@
 """LLM-track structured pruning: ``obliviate prune pruning=loraprune|unlearning_prune`` and the
 ``pruning=unlearning_prune`` transform of ``obliviate unlearn`` (:func:`prepare_llm`).
 
-``pruning=loraprune`` (compression): LoRA fine-tuning on ``data.full`` (else forget + retain)
-with soft group masks, LoRA-gradient importance (EMA) and the cubic schedule
-(:class:`~obliviate.pruning.loraprune.LoRAPruner`), then LoRA merge and physical removal of the
-pruned heads/channels (local mode), ``save_pretrained`` to ``pruned/``. metrics.json holds the
-parameter count, latency (median forward time of one fixed batch, same process) and
-training-data NLL before and after.
+``pruning=loraprune`` (compression): LoRA fine-tuning on ``pruning.text_file`` (plain text
+blocks), else ``data.full``, else forget + retain, with soft group masks, LoRA-gradient
+importance (EMA) and the cubic schedule (:func:`~obliviate.pipelines.prune_train.train_loraprune`,
+LoRAPrune's defaults), then LoRA merge, physical removal of the pruned heads/channels and
+``save_pretrained`` to ``pruned/`` (per-layer widths zero-padded, see
+:mod:`obliviate.pruning.physical_llm`). metrics.json holds the parameter count, latency
+(median forward time of one fixed batch, same process) and training-data NLL before and after.
 
 Every run's metrics.json also carries the uniform top-level keys ``params_before/after``,
 ``nonzero_params_before/after``, ``wall_time_s`` and, with a forget set (``data.forget``),
@@ -25,7 +26,6 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from itertools import cycle
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,7 @@ from torch import nn
 
 from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json
-from obliviate.pipelines.common import timer
 from obliviate.pipelines.prune_structured import dual_prune, retain_batches_for, take_batches
-from obliviate.progress import progress
 from obliviate.pruning import param_counts
 
 log = logging.getLogger(__name__)
@@ -91,76 +89,102 @@ def _load(cfg: DictConfig) -> tuple[nn.Module, Any, dict[str, Any], Any]:
 
 
 # ----------------------------------------------------------------------------- LoRAPrune
+def _train_data(cfg: DictConfig, data: dict[str, Any], tokenizer: Any, opts: dict[str, Any]) -> Any:
+    """``pruning.text_file`` (LM blocks), else ``data.full``, else ``data.forget`` + ``data.retain``."""
+    if opts.get("text_file"):
+        from obliviate.data.text.plain import TextFileDataset
+
+        return TextFileDataset(opts["text_file"], tokenizer, int(opts.get("block_size", 256)), opts.get("max_blocks"), name="text_file")
+    if data["full"] is not None:
+        return data["full"]
+    if data["forget"] is None or data["retain"] is None:
+        raise ConfigError("pruning=loraprune needs training data: pruning.text_file=FILE, data.full, or data.forget + data.retain")
+    from torch.utils.data import ConcatDataset
+
+    return ConcatDataset([data["forget"], data["retain"]])
+
+
+def _epochs(dataset: Any, collator: Any, bs: int, seed: int) -> Any:
+    """Endless micro-batches: a new seeded shuffle every pass over the data."""
+    epoch = 0
+    while True:
+        yield from take_batches(dataset, collator, bs, None, seed + epoch)
+        epoch += 1
+
+
+def save_pruned(model: nn.Module, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
+    """``save_pretrained`` the pruned model; per-layer widths are saved zero-padded (see
+    :mod:`obliviate.pruning.physical_llm`). Returns ``{"padded": bool, "saved_params": int}``."""
+    from obliviate.models.llm import save_causal_lm
+    from obliviate.pruning.groups import discover_groups
+    from obliviate.pruning.physical_llm import is_uniform, pad_to_uniform
+
+    if is_uniform(discover_groups(model)):
+        save_causal_lm(model, tokenizer, out_dir)
+        return {"padded": False, "saved_params": n_params(model)}
+    padded = pad_to_uniform(model)
+    log.warning("layers differ in width: saved zero-padded to the widest layer (plain from_pretrained loads it at that "
+                "size; obliviate's loader strips the padding)")
+    save_causal_lm(padded, tokenizer, out_dir)
+    return {"padded": True, "saved_params": n_params(padded)}
+
+
 def run_loraprune(cfg: DictConfig, run_dir: Path, opts: dict[str, Any]) -> dict[str, Any]:
     """LoRAPrune compression of the configured causal LM (see module docstring)."""
-    from obliviate.models.llm import save_causal_lm
     from obliviate.models.lora import apply_lora
+    from obliviate.pipelines.prune_train import loraprune_config, train_loraprune
     from obliviate.pruning.groups import remove_pruned_groups
-    from obliviate.pruning.loraprune import LoRAPruneConfig, LoRAPruner
 
     seed = int(cfg.seed)
     model, tokenizer, data, collator = _load(cfg)
-    train = data["full"]
-    if train is None:
-        if data["forget"] is None or data["retain"] is None:
-            raise ConfigError("pruning=loraprune needs training data: data.full (or data.forget + data.retain)")
-        from torch.utils.data import ConcatDataset
-
-        train = ConcatDataset([data["forget"], data["retain"]])
+    train = _train_data(cfg, data, tokenizer, opts)
     bs, steps, repeats = int(opts.get("batch_size", 8)), int(opts.get("steps", 60)), int(opts.get("latency_repeats", 10))
-    batches = take_batches(train, collator, bs, None, seed)
-    probe = batches[0]
-    before = _snapshot(model, batches, probe, repeats)
+    probe_batches = take_batches(train, collator, bs, int(opts.get("eval_batches", 8)), seed)
+    probe = probe_batches[0]
+    before = _snapshot(model, probe_batches, probe, repeats)
     fr_batches = _forget_retain_batches(data, collator, opts, seed)
     fr_before = _forget_retain_loss(model, fr_batches)
-    pcfg = LoRAPruneConfig(**{k: opts[k] for k in ("init_ratio", "target_ratio", "warmup_steps", "cooldown_steps", "prune_freq",
-                                                   "prune_metric", "mode", "beta") if opts.get(k) is not None})
-    peft = apply_lora(model, r=int(opts.get("lora_r", 8)), alpha=float(opts.get("lora_alpha", 16)))
+    pcfg = loraprune_config(opts, steps)
+    torch.manual_seed(seed)  # LoRA A initialisation and dropout
+    peft = apply_lora(model, r=int(opts.get("lora_r", 8)), alpha=float(opts.get("lora_alpha", 16)),
+                      dropout=float(opts.get("lora_dropout") or 0.0), target_modules=opts.get("lora_target_modules") or None)
     if pcfg.prune_metric == "grad":
         for p in peft.parameters():
             p.requires_grad_(True)
-    pruner = LoRAPruner(peft, steps, pcfg)
-    params = [p for p in peft.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=float(opts.get("lr", 1e-3)), weight_decay=0.0)
-    history: list[dict[str, float]] = []
-    it = cycle(batches)
-    peft.train()
-    with timer() as t:
-        for step in progress(range(steps), desc="LoRAPrune (LoRA training + pruning)", unit="step"):
-            loss = lm_loss(peft, next(it))
-            loss.backward()
-            ratio = pruner.step(step)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if ratio is not None or step == steps - 1:
-                history.append({"step": step, "loss": float(loss.detach()), "sparsity": pruner.masks.sparsity()})
+    pruner, history, seconds = train_loraprune(peft, _epochs(train, collator, bs, seed), lm_loss, steps, opts, pcfg)
     pruned_groups = pruner.masks.pruned()
     model = peft.merge_and_unload()
     masks = pruner.masks.rebind(model)
     removal: dict[str, Any] = {"removed": False}
     if opts.get("remove", True):
-        removal = {"removed": True, **remove_pruned_groups(model, masks, allow_nonuniform=pcfg.mode != "local")}
+        removal = {"removed": True, **remove_pruned_groups(model, masks, allow_nonuniform=True)}
     else:
         from obliviate.pipelines.prune_structured import bake_masks
 
         bake_masks(model, masks)
-    after = _snapshot(model, batches, probe, repeats)
+    model.eval()
+    after = _snapshot(model, probe_batches, probe, repeats)
     fr_after = _forget_retain_loss(model, fr_batches)
     out_dir = run_dir / "pruned"
-    reloadable = pcfg.mode == "local" or not removal["removed"] or removal.get("uniform", False)
-    if reloadable:
-        save_causal_lm(model, tokenizer, out_dir)
-    else:
-        log.warning("global LoRAPrune left per-layer shapes a config cannot describe: the pruned model is not saved")
+    saved = save_pruned(model, tokenizer, out_dir) if removal["removed"] else _save_plain(model, tokenizer, out_dir)
     n_groups = sum(int(v.numel()) for v in masks.keep.values())
     return {"track": "llm", "command": "prune", "status": "completed",
-            "pruning": {**opts, "pruned_groups": pruned_groups, "n_pruned": sum(len(v) for v in pruned_groups.values()),
-                        "n_groups": n_groups, "group_sparsity": masks.sparsity(), "history": history, "seconds": t["s"],
-                        **{k: v for k, v in removal.items() if k != "per_layer"}, "kept_per_layer": removal.get("per_layer")},
+            "pruning": {**opts, "warmup_steps": pcfg.warmup_steps, "cooldown_steps": pcfg.cooldown_steps,
+                        "pruned_groups": pruned_groups, "n_pruned": sum(len(v) for v in pruned_groups.values()),
+                        "n_groups": n_groups, "group_sparsity": masks.sparsity(), "history": history, "seconds": seconds,
+                        "protected_sets": sorted(pruner.protected), "skipped_importance_steps": pruner.tracker.skipped,
+                        **{k: v for k, v in removal.items() if k != "per_layer"}, "kept_per_layer": removal.get("per_layer"), **saved},
             "original": before, "pruned": after,
             "ratios": {"params": after["params"] / before["params"], "latency": after["latency_ms"] / max(before["latency_ms"], 1e-9)},
-            "n_train": len(train), "model_dir": str(out_dir) if reloadable else None,
+            "n_train": len(train), "model_dir": str(out_dir),
             **{f"{k}_before": v for k, v in fr_before.items()}, **{f"{k}_after": v for k, v in fr_after.items()}}
+
+
+def _save_plain(model: nn.Module, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
+    from obliviate.models.llm import save_causal_lm
+
+    save_causal_lm(model, tokenizer, out_dir)
+    return {"padded": False, "saved_params": n_params(model)}
 
 
 def _forget_retain_batches(data: dict[str, Any], collator: Any, opts: dict[str, Any], seed: int) -> dict[str, list]:

@@ -256,33 +256,21 @@ def vision_loraprune(model: nn.Module, data: Any, opts: dict[str, Any], seed: in
 
     from obliviate.data import stack_collate
     from obliviate.models.lora import apply_lora
-    from obliviate.pruning.loraprune import LoRAPruneConfig, LoRAPruner
+    from obliviate.pipelines.prune_train import loraprune_config, train_loraprune
 
     steps, repeats, bs = int(opts.get("steps", 60)), int(opts.get("latency_repeats", 10)), int(opts.get("batch_size", 64))
     g = torch.Generator().manual_seed(int(seed))
     loader = DataLoader(data.train.with_augment(data.augment_train), batch_size=bs, shuffle=True, generator=g, collate_fn=stack_collate)
     probe = next(iter(DataLoader(data.test.with_augment(False), batch_size=bs, collate_fn=stack_collate)))["pixel_values"]
     before = _cnn_snapshot(model, probe, repeats)
-    pcfg = LoRAPruneConfig(**{k: opts[k] for k in ("init_ratio", "target_ratio", "warmup_steps", "cooldown_steps", "prune_freq",
-                                                   "prune_metric", "mode", "beta") if opts.get(k) is not None})
+    pcfg = loraprune_config(opts, steps)
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
-    peft = apply_lora(model, r=int(opts.get("lora_r", 8)), alpha=float(opts.get("lora_alpha", 16)))
+    peft = apply_lora(model, r=int(opts.get("lora_r", 8)), alpha=float(opts.get("lora_alpha", 16)),
+                      dropout=float(opts.get("lora_dropout") or 0.0))
     if pcfg.prune_metric == "grad":
         for prm in peft.parameters():
             prm.requires_grad_(True)
-    pruner = LoRAPruner(peft, steps, pcfg)
-    opt = torch.optim.AdamW([q for q in peft.parameters() if q.requires_grad], lr=float(opts.get("lr", 1e-3)), weight_decay=0.0)
-    it, history = cycle(loader), []
-    peft.train()
-    with timer() as t:
-        for step in range(steps):
-            loss = _ce(peft, next(it))
-            loss.backward()
-            ratio = pruner.step(step)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if ratio is not None or step == steps - 1:
-                history.append({"step": step, "loss": float(loss.detach()), "sparsity": pruner.masks.sparsity()})
+    pruner, history, seconds = train_loraprune(peft, cycle(loader), _ce, steps, opts, pcfg)
     model = peft.merge_and_unload()
     for n, prm in model.named_parameters():
         prm.requires_grad_(trainable.get(n, True))
@@ -301,7 +289,7 @@ def vision_loraprune(model: nn.Module, data: Any, opts: dict[str, Any], seed: in
     after = _cnn_snapshot(model, probe, repeats)
     info = {"method": "loraprune", "pruned_groups": pruned, "n_pruned": sum(len(v) for v in pruned.values()),
             "n_groups": n_groups, "group_sparsity": group_sparsity, "history": history,
-            "removed": bool(removal["removed"]), "removal": removal, "seconds": t["s"], "original": before, "pruned": after}
+            "removed": bool(removal["removed"]), "removal": removal, "seconds": seconds, "original": before, "pruned": after}
     return model, info
 
 

@@ -314,15 +314,17 @@ def remove_pruned_groups(model: nn.Module, masks: GroupMasks, *, allow_nonunifor
     model computed. If every layer keeps the same number of KV groups / MLP channels (always
     true in local mode), ``config.num_attention_heads``, ``num_key_value_heads``,
     ``intermediate_size`` and an explicit ``head_dim`` are updated, so ``save_pretrained`` +
-    ``from_pretrained`` reload the pruned model. Per-layer different shapes (global mode) run,
-    but a standard HF config cannot describe them, so they are refused unless
-    ``allow_nonuniform=True``; then the config is left unchanged, ``uniform`` is False in the
-    report, and the model must not be reloaded with ``from_pretrained``.
+    ``from_pretrained`` reload the pruned model. Per-layer different shapes (global mode,
+    protected layers) run, but a standard HF config cannot describe them, so they are refused
+    unless ``allow_nonuniform=True``; then the config is left unchanged and ``uniform`` is False
+    in the report: save such a model with
+    :func:`obliviate.pipelines.prune_llm.save_pruned` (zero-padded to uniform widths, see
+    :mod:`obliviate.pruning.physical_llm`), not with a bare ``save_pretrained``.
 
     Args:
         model: The (unwrapped, LoRA-merged) HF causal LM the groups were discovered on.
         masks: Keep masks; every set must keep at least one group.
-        allow_nonuniform: Accept per-layer different widths (global ranking); in-memory use only.
+        allow_nonuniform: Accept per-layer different widths (global ranking, protected layers).
 
     Returns:
         ``{"params_before", "params_after", "uniform", "per_layer": {key: kept}}``.
@@ -338,7 +340,7 @@ def remove_pruned_groups(model: nn.Module, masks: GroupMasks, *, allow_nonunifor
     if not allow_nonuniform and any(len(v) > 1 for v in widths.values()):
         raise ConfigError(f"layers would keep different numbers of groups ({widths}), which a standard HF config cannot "
                           "describe (save_pretrained + from_pretrained would fail); prune in local mode, or pass "
-                          "allow_nonuniform=True for in-memory use")
+                          "allow_nonuniform=True and save with obliviate.pipelines.prune_llm.save_pruned (zero-padded)")
     modules = dict(model.named_modules())
     before = sum(p.numel() for p in model.parameters())
     kept: dict[str, int] = {}

@@ -120,14 +120,22 @@ def _member_scores(imp: torch.Tensor, member: Member) -> torch.Tensor:
     return per_channel[member.index.to(per_channel.device)].sum(-1).float().cpu()  # [n_groups]
 
 
-def group_importance(model: nn.Module, groups: list[GroupSet], metric: str = "lora") -> dict[str, torch.Tensor]:
+NORMS = ("l2", "sum")
+
+
+def group_importance(model: nn.Module, groups: list[GroupSet], metric: str = "lora", norm: str = "l2") -> dict[str, torch.Tensor]:
     """Per-group importance ``{set key: [n_groups]}`` from the current gradients.
 
-    Each module's group scores are normalised to sum 1 before the group's modules are summed.
+    Each module's group scores are normalised before the group's modules are summed:
+    ``norm="l2"`` divides them by their L2 norm (+1e-8), as LoRAPrune's ``compute_sensitivity``
+    does; ``norm="sum"`` makes them sum to 1.
 
     Raises:
+        ConfigError: Unknown ``norm``.
         LoRAWarmupError: ``metric="lora"`` and every ``lora_B`` is zero (warm up LoRA first).
     """
+    if norm not in NORMS:
+        raise ConfigError(f"importance norm must be one of {NORMS}, got '{norm}'")
     modules = dict(model.named_modules())
     if metric == "lora":
         bs = [p[1] for gs in groups for m in gs.members if m.kind == "weight"
@@ -142,33 +150,44 @@ def group_importance(model: nn.Module, groups: list[GroupSet], metric: str = "lo
             if member.kind != "weight":
                 continue
             scores = _member_scores(element_importance(modules[member.name], metric), member)
-            total += scores / scores.sum().clamp_min(1e-12)
+            total += scores / (scores.norm() + 1e-8) if norm == "l2" else scores / scores.sum().clamp_min(1e-12)
         out[gs.key] = total
     return out
 
 
 class ImportanceTracker:
-    """EMA of per-group importance over steps: ``S ← β·S + (1−β)·I`` (first step: ``S = I``).
+    """EMA of per-group importance over steps: ``S ← β·S + (1−β)·I`` from ``S = 0``.
+
+    The zero start is LoRAPrune's (``init_sensitivity_dict``); since every group is scaled by
+    the same ``1 − β^t``, the ranking equals that of a bias-corrected EMA. A step whose
+    importance is not finite (NaN/inf gradients, e.g. an overflowing fp16 step) is skipped,
+    as in LoRAPrune's ``update_sensitivity_dict``.
 
     Args:
         groups: Group sets to score.
         metric: "lora", "grad" or "magnitude".
         beta: EMA factor (0.9).
+        norm: Per-module normalisation of :func:`group_importance` ("l2" or "sum").
     """
 
-    def __init__(self, groups: list[GroupSet], metric: str = "lora", beta: float = 0.9) -> None:
+    def __init__(self, groups: list[GroupSet], metric: str = "lora", beta: float = 0.9, norm: str = "l2") -> None:
         if not 0.0 <= beta < 1.0:
             raise ConfigError(f"EMA beta must be in [0, 1), got {beta}")
-        self.groups, self.metric, self.beta = groups, metric, beta
-        self.scores: dict[str, torch.Tensor] = {}
+        if norm not in NORMS:
+            raise ConfigError(f"importance norm must be one of {NORMS}, got '{norm}'")
+        self.groups, self.metric, self.beta, self.norm = groups, metric, beta, norm
+        self.scores: dict[str, torch.Tensor] = {g.key: torch.zeros(g.n_groups) for g in groups}
         self.steps = 0
+        self.skipped = 0
 
     def update(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Fold the current gradients' importance into the EMA; returns the EMA scores."""
-        current = group_importance(model, self.groups, self.metric)
+        current = group_importance(model, self.groups, self.metric, self.norm)
+        if not all(bool(torch.isfinite(v).all()) for v in current.values()):
+            self.skipped += 1
+            return self.scores
         for key, value in current.items():
-            prev = self.scores.get(key)
-            self.scores[key] = value if prev is None else self.beta * prev + (1 - self.beta) * value
+            self.scores[key] = self.beta * self.scores[key] + (1 - self.beta) * value
         self.steps += 1
         return self.scores
 
@@ -204,11 +223,23 @@ def cubic_sparsity(step: int, total_steps: int, init_ratio: float, target_ratio:
     return float(target_ratio + (init_ratio - target_ratio) * frac**3)
 
 
+def last_prune_step(total_steps: int, cooldown_steps: int = 0) -> int:
+    """The step that applies the target sparsity: the start of cool-down (the last step without one)."""
+    return min(total_steps - cooldown_steps, total_steps - 1)
+
+
 def is_prune_step(step: int, total_steps: int, prune_freq: int, warmup_steps: int = 0, cooldown_steps: int = 0) -> bool:
-    """True every ``prune_freq`` steps after warm-up, up to and including the start of cool-down."""
+    """True every ``prune_freq`` steps after warm-up, and at :func:`last_prune_step`.
+
+    The last prune step always fires (with the target sparsity, see :meth:`LoRAPruner.step`),
+    so the target is reached whatever ``prune_freq`` is. (LoRAPrune's trainer prunes only
+    while ``init < ratio < target`` at ``step % prune_freq == 0``, so its runs end a little
+    below the target; that is not copied.)
+    """
     if prune_freq < 1:
         raise ConfigError(f"prune_freq must be >= 1, got {prune_freq}")
-    return warmup_steps < step <= total_steps - cooldown_steps and (step - warmup_steps) % prune_freq == 0
+    end = last_prune_step(total_steps, cooldown_steps)
+    return warmup_steps < step <= end and ((step - warmup_steps) % prune_freq == 0 or step == end)
 
 
 # ----------------------------------------------------------------------------- ranking
@@ -267,6 +298,39 @@ def rank_groups(scores: dict[str, torch.Tensor], ratio: float, mode: str = "loca
     return out
 
 
+# ----------------------------------------------------------------------------- protected layers
+def layer_index(key: str) -> int | None:
+    """Decoder layer number of a group-set key (``"model.layers.3.mlp"`` -> 3), else None."""
+    parts = key.split(".")
+    return int(parts[-2]) if len(parts) >= 2 and parts[-2].isdigit() else None
+
+
+def protected_sets(groups: list[GroupSet], protect: Any) -> set[str]:
+    """Keys of the group sets in protected layers (see :attr:`LoRAPruneConfig.protect_layers`).
+
+    Raises:
+        ConfigError: An unknown preset, a layer index out of range, or protection asked for
+            groups without a layer number (CNN channels).
+    """
+    if protect in (None, "none", "", []):
+        return set()
+    index = {g.key: layer_index(g.key) for g in groups}
+    if any(i is None for i in index.values()):
+        raise ConfigError("protect_layers needs decoder layers (group keys like 'model.layers.3.mlp'); "
+                          "it is not available for CNN channels")
+    n_layers = max(index.values()) + 1
+    if protect == "reference":
+        layers = set(range(int(n_layers * 0.1))) | {n_layers - 1}
+    elif isinstance(protect, str):
+        raise ConfigError(f"protect_layers must be null, 'reference' or a list of layer indices, got '{protect}'")
+    else:
+        layers = {int(i) for i in protect}
+        bad = sorted(i for i in layers if not 0 <= i < n_layers)
+        if bad:
+            raise ConfigError(f"protect_layers {bad} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+    return {k for k, i in index.items() if i in layers}
+
+
 # ----------------------------------------------------------------------------- pruner
 @dataclass
 class LoRAPruneConfig:
@@ -281,6 +345,13 @@ class LoRAPruneConfig:
         prune_metric: "lora", "grad" or "magnitude".
         mode: "local" or "global" ranking.
         beta: EMA factor of the importance.
+        norm: Per-module normalisation of the importance: "l2" (LoRAPrune) or "sum".
+        protect_layers: Decoder layers never pruned: ``None`` (prune all), a list of layer
+            indices, or "reference" (LoRAPrune's ``freeze``: the first ``int(0.1·L)`` layers
+            and the last one). Protected layers keep their width, so the pruned model has
+            per-layer shapes (see :mod:`obliviate.pruning.physical_llm` for saving it).
+        prune_kinds: Kinds of groups that may be pruned (``["mlp"]``: MLP channels only, the
+            attention heads stay); ``None``: all kinds (attention, mlp, conv).
     """
 
     init_ratio: float = 0.0
@@ -291,6 +362,9 @@ class LoRAPruneConfig:
     prune_metric: str = "lora"
     mode: str = "local"
     beta: float = 0.9
+    norm: str = "l2"
+    protect_layers: Any = None
+    prune_kinds: Any = None
 
 
 class LoRAPruner:
@@ -311,9 +385,16 @@ class LoRAPruner:
         cubic_sparsity(0, self.total_steps, self.cfg.init_ratio, self.cfg.target_ratio,
                        self.cfg.warmup_steps, self.cfg.cooldown_steps)  # validates the schedule
         self.groups = discover_groups(model)
-        self.tracker = ImportanceTracker(self.groups, self.cfg.prune_metric, self.cfg.beta)
+        self.tracker = ImportanceTracker(self.groups, self.cfg.prune_metric, self.cfg.beta, self.cfg.norm)
         self.masks = GroupMasks(self.groups).attach(model)
         self.kinds = {g.key: g.kind for g in self.groups}
+        self.protected = protected_sets(self.groups, self.cfg.protect_layers)
+        if self.cfg.prune_kinds is not None:
+            kinds = set(self.cfg.prune_kinds)
+            unknown = kinds - {"attention", "mlp", "conv"}
+            if unknown:
+                raise ConfigError(f"prune_kinds {sorted(unknown)} unknown; choose from attention, mlp, conv")
+            self.protected |= {g.key for g in self.groups if g.kind not in kinds}
 
     def step(self, step: int) -> float | None:
         """Update importance (after warm-up for the LoRA metric) and prune on schedule.
@@ -328,7 +409,10 @@ class LoRAPruner:
         if not is_prune_step(step, self.total_steps, cfg.prune_freq, cfg.warmup_steps, cfg.cooldown_steps):
             return None
         ratio = cubic_sparsity(step, self.total_steps, cfg.init_ratio, cfg.target_ratio, cfg.warmup_steps, cfg.cooldown_steps)
-        keep = rank_groups(self.tracker.scores, ratio, cfg.mode, self.kinds, self.masks.keep)
+        if step == last_prune_step(self.total_steps, cfg.cooldown_steps):
+            ratio = float(cfg.target_ratio)
+        scores = {k: v for k, v in self.tracker.scores.items() if k not in self.protected}
+        keep = rank_groups(scores, ratio, cfg.mode, self.kinds, self.masks.keep)
         for key, value in keep.items():
             self.masks.set(key, value)
         return ratio

@@ -187,7 +187,7 @@ def sensitivity_pass(model: nn.Module, groups: list[GroupSet], batches: Iterable
         if not torch.isfinite(loss):
             raise ConfigError(f"non-finite loss {float(loss)} in a sensitivity pass")
         loss.backward()
-    return group_importance(model, groups, metric)
+    return group_importance(model, groups, metric, norm="sum")  # the dual ratio's benchmarked normalisation
 
 
 def _scoring_mode(model: nn.Module) -> None:

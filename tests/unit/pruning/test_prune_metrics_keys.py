@@ -18,7 +18,7 @@ LLM = ["experiment=llm/tofu_synthetic", "synthetic.n_authors=6", "synthetic.qa_p
 LLM_UP = ["pruning=unlearning_prune", "pruning.max_forget_batches=1", "pruning.lora_warmup_steps=3",
           "pruning.retain_eval_samples=8", "pruning.batch_size=4", "pruning.ratio=0.25"]
 LLM_LP = ["pruning=loraprune", "pruning.steps=4", "pruning.warmup_steps=1", "pruning.cooldown_steps=1", "pruning.prune_freq=1",
-          "pruning.latency_repeats=1", "pruning.batch_size=4", "+pruning.eval_batches=1"]
+          "pruning.latency_repeats=1", "pruning.batch_size=4", "pruning.eval_batches=1"]
 COMMON = ("params_before", "params_after", "nonzero_params_before", "nonzero_params_after", "wall_time_s")
 
 

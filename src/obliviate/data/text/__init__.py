@@ -1,5 +1,7 @@
-"""Text data for the LLM track: TOFU QA loading, tokenisation, collators, raw text (MUSE, WMDP), synthetic data."""
+"""Text data for the LLM track: TOFU QA loading, tokenisation, collators, raw text (MUSE, WMDP), plain text files,
+synthetic data."""
 
+from obliviate.data.text.plain import TextFileDataset
 from obliviate.data.text.qa import (
     IGNORE_INDEX,
     DataCollatorForSupervisedDataset,
@@ -37,6 +39,7 @@ __all__ = [
     "DataCollatorForSupervisedDataset",
     "QADataset",
     "QAwithIdkDataset",
+    "TextFileDataset",
     "available_datasets",
     "build_text_dataset",
     "encode_qa",
