@@ -241,9 +241,9 @@ LLM = ["experiment=llm/tofu_synthetic", "synthetic.n_authors=10", "trainer=GradD
 
 
 def test_llm_retrain_free_search_opens_only_the_target_and_scores_holdout_authors(tmp_path, monkeypatch):
-    from obliviate.pipelines import llm, llm_eval
+    from obliviate.pipelines import llm_eval, llm_stages
 
-    real_lm, real_splits = llm.load_causal_lm, llm_eval.load_eval_splits
+    real_lm, real_splits = llm_stages.load_causal_lm, llm_eval.load_eval_splits
     models, files = [], []
 
     def load_causal_lm(model_cfg):
@@ -255,7 +255,7 @@ def test_llm_retrain_free_search_opens_only_the_target_and_scores_holdout_author
         files.extend(f.values())
         return splits, f
 
-    monkeypatch.setattr(llm, "load_causal_lm", load_causal_lm)
+    monkeypatch.setattr(llm_stages, "load_causal_lm", load_causal_lm)  # every LLM job loads its models through llm_stages
     monkeypatch.setattr(llm_eval, "load_eval_splits", load_eval_splits)
     out = tmp_path / "tune"
     data = tune([*LLM, f"paths.output_dir={out}", f"paths.cache_dir={tmp_path / 'cache'}", "tune.n_trials=2", "tune.validate=false"])

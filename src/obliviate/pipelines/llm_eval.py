@@ -374,7 +374,7 @@ def training_callbacks(cfg: DictConfig, evaluations: list[Evaluation], tokenizer
 # ----------------------------------------------------------------------------- obliviate eval
 def run_eval(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]:
     """``obliviate eval``: evaluate the configured model; writes TOFU_EVAL.json, TOFU_SUMMARY.json, metrics.json."""
-    from obliviate.pipelines.llm import load_model, text_data_paths
+    from obliviate.pipelines.llm_stages import load_model, text_data_paths
 
     if not selected_evaluators(cfg):
         raise ConfigError("no evaluator selected; add eval=tofu")

@@ -79,13 +79,13 @@ def _snapshot(model: nn.Module, batches: list, probe: dict, repeats: int) -> dic
 
 
 def _load(cfg: DictConfig) -> tuple[nn.Module, Any, dict[str, Any], Any]:
-    from obliviate.pipelines import llm
+    from obliviate.pipelines import llm_stages
 
-    paths = llm.text_data_paths(cfg)
-    llm.check_sources(cfg, paths)
-    model, tokenizer = llm.load_model(cfg)
-    data = {k: llm.load_split(cfg, k, tokenizer, paths=paths) for k in ("full", "forget", "retain")}
-    return model, tokenizer, data, llm.make_collator(cfg, tokenizer)
+    paths = llm_stages.text_data_paths(cfg)
+    llm_stages.check_sources(cfg, paths)
+    model, tokenizer = llm_stages.load_model(cfg)
+    data = {k: llm_stages.load_split(cfg, k, tokenizer, paths=paths) for k in ("full", "forget", "retain")}
+    return model, tokenizer, data, llm_stages.make_collator(cfg, tokenizer)
 
 
 # ----------------------------------------------------------------------------- LoRAPrune
@@ -211,7 +211,7 @@ def _llm_parts(forget: Any, retain: Any, collator: Any, opts: dict[str, Any], se
     import numpy as np
     from torch.utils.data import Subset
 
-    from obliviate.pipelines.llm import answer_nll
+    from obliviate.pipelines.llm_stages import answer_nll
 
     if retain is None:
         raise ConfigError("pruning=unlearning_prune needs a retain set (data.retain) for the retain sensitivity pass")
@@ -280,7 +280,7 @@ def run_prune_llm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         model, tokenizer, data, collator = _load(cfg)
         if data["forget"] is None:
             raise ConfigError("pruning=unlearning_prune needs data.forget (e.g. data.forget=TOFU_QA_FORGET10)")
-        from obliviate.pipelines.llm import check_forget_retain
+        from obliviate.pipelines.llm_stages import check_forget_retain
 
         check_forget_retain(data["forget"], data["retain"])
         counts_before = param_counts(model)

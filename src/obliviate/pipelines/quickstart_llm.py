@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from obliviate.engine.progress import progress_label
 from obliviate.io import atomic_write_json
 from obliviate.run import Run
-from obliviate.pipelines import llm
+from obliviate.pipelines import llm, llm_stages
 from obliviate.report.table import format_table
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ _DROPPED = ("track", "experiment", "quickstart", "paths.output_dir", "model.mode
 
 
 def answer_prob(nll: list[float]) -> float:
-    """Mean over samples of ``exp(-mean answer NLL)`` (as :func:`obliviate.pipelines.llm.answer_probs`)."""
-    return llm.answer_probs({"x": list(nll)})["x"]
+    """Mean over samples of ``exp(-mean answer NLL)`` (as :func:`obliviate.pipelines.llm_stages.answer_probs`)."""
+    return llm_stages.answer_probs({"x": list(nll)})["x"]
 
 
 def compose_unlearn(compose: Callable[..., DictConfig], method: str, overrides: list[str], extra: list[str]) -> DictConfig:
@@ -62,17 +62,17 @@ def run_quickstart_llm(cfg: DictConfig, run_dir: Path, compose_unlearn_run: Call
     """
     methods = list(cfg.quickstart.get("methods") or ["GradDiff"])
     seed = int(cfg.seed)
-    paths = llm.text_data_paths(cfg)
-    llm.check_sources(cfg, paths)
-    model, tokenizer = llm.load_model(cfg)
-    full = llm.load_split(cfg, "full", tokenizer, paths=paths)
-    forget = llm.load_split(cfg, "forget", tokenizer, paths=paths)
-    retain = llm.load_split(cfg, "retain", tokenizer, paths=paths)
-    llm.check_forget_retain(forget, retain)
+    paths = llm_stages.text_data_paths(cfg)
+    llm_stages.check_sources(cfg, paths)
+    model, tokenizer = llm_stages.load_model(cfg)
+    full = llm_stages.load_split(cfg, "full", tokenizer, paths=paths)
+    forget = llm_stages.load_split(cfg, "forget", tokenizer, paths=paths)
+    retain = llm_stages.load_split(cfg, "retain", tokenizer, paths=paths)
+    llm_stages.check_forget_retain(forget, retain)
     log.info("training the target model on %d QA pairs", len(full))
     with progress_label("train target"):
-        train_s, history = llm.finetune(model, full, llm.make_collator(cfg, tokenizer), cfg.train.args, run_dir / "trainer" / "target", seed)
-    target_dir = llm.save_model_dir(model, tokenizer, run_dir / "target", cfg)
+        train_s, history = llm.finetune(model, full, llm_stages.make_collator(cfg, tokenizer), cfg.train.args, run_dir / "trainer" / "target", seed)
+    target_dir = llm_stages.save_model_dir(model, tokenizer, run_dir / "target", cfg)
     del model
     rows: list[dict[str, Any]] = []
     for method in methods:
@@ -93,7 +93,7 @@ def run_quickstart_llm(cfg: DictConfig, run_dir: Path, compose_unlearn_run: Call
         row.update({"status": res["status"], "time_s": res["unlearn_time_s"], "run_dir": str(out)})
         rows.append(row)
     summary = {"track": "llm", "model": cfg.model.get("builder"), "seed": seed, "status": "completed",
-               "data": {"full": len(full), "forget": len(forget), "retain": len(retain), "synthetic": llm._plain(cfg.get("synthetic"))},
+               "data": {"full": len(full), "forget": len(forget), "retain": len(retain), "synthetic": llm_stages._plain(cfg.get("synthetic"))},
                "target": {"dir": target_dir, "train_time_s": train_s, "log_history": history}, "rows": rows}
     atomic_write_json(run_dir / "summary.json", summary)
     print(f"tiny-llama, synthetic authors: target model fine-tuned on {len(full)} QA pairs, forget10 = {len(forget)} pairs\n"

@@ -15,7 +15,6 @@ logs.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 from pathlib import Path
@@ -34,7 +33,7 @@ from obliviate.metrics.retrain_free import (
     teacher_forced_results,
     teacher_forced_utility,
 )
-from obliviate.pipelines import llm, llm_eval
+from obliviate.pipelines import llm, llm_eval, llm_stages
 from obliviate.pipelines.study import file_lock
 
 log = logging.getLogger(__name__)
@@ -100,19 +99,19 @@ class LLMProblem:
         self.method_args = _plain(cfg.trainer.get("method_args")) or {}
         trainer_cls, method = build_trainer(handler, self.method_args)
         owner: Any = method if method is not None else trainer_cls
-        self.paths = llm.text_data_paths(cfg)
+        self.paths = llm_stages.text_data_paths(cfg)
         record = SimpleNamespace(data_files={})
-        llm.check_sources(cfg, self.paths, record)  # fails fast on bad names / folders; records the data files
+        llm_stages.check_sources(cfg, self.paths, record)  # fails fast on bad names / folders; records the data files
         self._files: dict[str, str] = record.data_files
-        self.model, self.tokenizer = llm.load_model(cfg)
-        self.forget = llm.load_split(cfg, "forget", self.tokenizer, idk=bool(getattr(owner, "needs_idk", False)), paths=self.paths)
+        self.model, self.tokenizer = llm_stages.load_model(cfg)
+        self.forget = llm_stages.load_split(cfg, "forget", self.tokenizer, idk=bool(getattr(owner, "needs_idk", False)), paths=self.paths)
         if self.forget is None:
             raise ConfigError("data.forget is not set; e.g. data.forget=TOFU_QA_FORGET10")
-        self.retain = llm.load_split(cfg, "retain", self.tokenizer, paths=self.paths)
+        self.retain = llm_stages.load_split(cfg, "retain", self.tokenizer, paths=self.paths)
         if self.retain is None and getattr(owner, "needs_retain", True):
             raise ConfigError(f"method {handler} needs a retain set; e.g. data.retain=TOFU_QA_RETAIN90")
-        llm.check_forget_retain(self.forget, self.retain)
-        self.collator = llm.make_collator(cfg, self.tokenizer)
+        llm_stages.check_forget_retain(self.forget, self.retain)
+        self.collator = llm_stages.make_collator(cfg, self.tokenizer)
         spec = holdout_spec(cfg, ecfg)
         limit = cfg.tune.get("max_samples") or ecfg.get("max_samples")
         obj_cfg = {**ecfg, "_name": self.eval_name, "max_samples": limit, "splits": {**(ecfg.get("splits") or {}), "holdout": spec}}
@@ -181,7 +180,7 @@ class LLMProblem:
                     model_dir = self._train_retain(ref / "retain")
                 cfg = copy.deepcopy(self.cfg)
                 OmegaConf.update(cfg, "original_checkpoint", str(model_dir), force_add=True)
-                model, tokenizer = llm.load_model(cfg)
+                model, tokenizer = llm_stages.load_model(cfg)
                 for ev in llm_eval.prepare_evaluations(cfg, tokenizer, self.paths):
                     llm_eval.evaluate(model, tokenizer, ev, ref / "retain_eval", retain_logs_path=None)
                 del model
@@ -196,14 +195,14 @@ class LLMProblem:
                               "original_checkpoint=..., or give retain_logs_path=... / retrain_checkpoint=...")
         cfg = copy.deepcopy(self.cfg)
         OmegaConf.update(cfg, "original_checkpoint", None, force_add=True)
-        model, tokenizer = llm.load_model(cfg)
-        model = llm.maybe_lora(model, cfg)
-        retain = llm.load_split(cfg, "retain", tokenizer, paths=self.paths)
+        model, tokenizer = llm_stages.load_model(cfg)
+        model = llm_stages.maybe_lora(model, cfg)
+        retain = llm_stages.load_split(cfg, "retain", tokenizer, paths=self.paths)
         if retain is None:
             raise ConfigError("training the retain model needs data.retain")
         log.info("training the retain model on %d QA pairs for the validation", len(retain))
-        llm.finetune(model, retain, llm.make_collator(cfg, tokenizer), cfg.train.args, out.parent / "retain_trainer", self.seed)
-        return llm.save_model_dir(model, tokenizer, out, cfg)
+        llm.finetune(model, retain, llm_stages.make_collator(cfg, tokenizer), cfg.train.args, out.parent / "retain_trainer", self.seed)
+        return llm_stages.save_model_dir(model, tokenizer, out, cfg)
 
     def reference_name(self) -> str:
         return str(self._logs)
@@ -237,36 +236,16 @@ class LLMProblem:
     # ------------------------------------------------------------------ trials
     def run_trial(self, cfg: DictConfig, trial_dir: Path, reporter: Any) -> dict[str, Any]:
         """Unlearn a copy of the target model with ``cfg``; returns ``{"terms", "oracle", "status"}``."""
-        from obliviate.data import ForgetRetainDataset, PairCollator
         from obliviate.engine.guard import DivergenceGuard, make_guard_config
-        from obliviate.engine.trainer import build_trainer
-        from obliviate.models.adapters import CausalLMAdapter
         from obliviate.pipelines.prune_llm import prepare_llm
 
-        handler = str(cfg.trainer.handler)
-        method_args = _plain(cfg.trainer.get("method_args")) or {}
-        trainer_cls, method = build_trainer(handler, method_args)
-        owner: Any = method if method is not None else trainer_cls
         model = copy.deepcopy(self.model)
         model, _ = prepare_llm(cfg, model, self.forget, self.retain, self.collator)
-        model = llm.maybe_lora(model, cfg)
+        model = llm_stages.maybe_lora(model, cfg)
         guard = DivergenceGuard(make_guard_config(cfg.get("divergence")))
-        adapter, step = CausalLMAdapter(), 0
-        if method is not None and getattr(method, "one_shot", False):
-            takes = "collate_fn" in inspect.signature(method.apply).parameters
-            model = method.apply(model, self.forget, self.retain, adapter, self.seed, **({"collate_fn": self.collator} if takes else {}))
-        else:
-            pairs = ForgetRetainDataset(self.forget, self.retain if getattr(owner, "needs_retain", True) else None,
-                                        anchor=getattr(owner, "anchor", "forget"), seed=self.seed)
-            args = {**(_plain(cfg.trainer.args) or {}), "disable_tqdm": True}
-            extra = {"method": method} if method is not None else {"method_args": method_args}
-            trainer = trainer_cls(model, llm._args(args, trial_dir / "trainer", self.seed, n_train=len(pairs)), adapter=adapter, train_dataset=pairs,
-                                  data_collator=PairCollator(self.collator), guard=guard, callbacks=[reporter], **extra)
-            trainer.train()
-            step = int(trainer.state.global_step)
-            del trainer
-            if guard.diverged:
-                guard.restore(model)
+        # the same unlearning stage as `obliviate unlearn` (llm_stages.unlearn), without its bars
+        model, _, step = llm_stages.unlearn(model, cfg, self.forget, self.retain, self.collator, trial_dir, self.seed,
+                                            callbacks=[reporter], guard=guard, args_overrides={"disable_tqdm": True})
         model.eval()
         terms = None if guard.diverged else reporter.cached(step)
         results = self._results(model) if terms is None or self.s.record_oracle else None  # one pass serves both
@@ -293,7 +272,7 @@ class LLMProblem:
         if (Path(str(retain_dir)) / "config.json").is_file() or (Path(str(retain_dir)) / "adapter_config.json").is_file():
             cfg = copy.deepcopy(self.cfg)
             OmegaConf.update(cfg, "original_checkpoint", str(retain_dir), force_add=True)
-            model, _ = llm.load_model(cfg)
+            model, _ = llm_stages.load_model(cfg)
             out["retrain"] = float(self.evaluate(model)["objective"])
             del model
         return out
