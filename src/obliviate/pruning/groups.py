@@ -194,7 +194,9 @@ class _MaskHook:
     def factor(self, x: torch.Tensor) -> torch.Tensor:
         channel_dim = 1 if self.channels_first else x.dim() - 1
         version = self.masks.version
-        if self._cache is None or self._cache[0] != version:
+        stale = self._cache is None or self._cache[0] != version
+        # a factor made under torch.inference_mode (an evaluation pass) cannot enter a training graph
+        if stale or (self._cache[1].is_inference() and not torch.is_inference_mode_enabled()):
             self._cache = (version, expand_mask(self.member, self.masks.keep[self.key], x.shape[channel_dim]))
         f = self._cache[1].to(device=x.device, dtype=x.dtype)
         if self.channels_first:  # [1, c, 1, ...] for [b, c, h, w]

@@ -72,3 +72,21 @@ def test_dual_sensitivity_with_gradient_checkpointing_matches_without(metric):
     for a, b in zip(scores[0], scores[1]):
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-7)
+
+
+def test_a_mask_used_in_an_inference_mode_pass_still_trains():
+    """An evaluation pass under torch.inference_mode (the metrics runner's) before training must
+    not leave an inference tensor in the mask hooks' cache (autograd refuses to save it)."""
+    from obliviate.pruning.groups import GroupMasks
+
+    model = tiny_llama()
+    masks = GroupMasks(discover_groups(model)).attach(model)
+    key = next(iter(masks.keep))
+    masks.keep[key][0] = False
+    masks.version += 1
+    ids = torch.randint(0, model.config.vocab_size, (2, 6))
+    with torch.inference_mode():
+        model(input_ids=ids)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()  # raised "Inference tensors cannot be saved for backward" before the fix
+    assert any(p.grad is not None for p in model.parameters())
