@@ -7,6 +7,11 @@ Two ways to walk the data:
   sample once) and the other side is sampled. The sampled index is a pure function of
   ``(seed, epoch, i)``, so a resumed run sees the same pairs (``set_epoch`` is called by the
   Trainer's data loader every epoch).
+- **mixed** (``anchor="mixed"``): an epoch is one shuffled pass over the forget set together
+  with a seeded random ``retain_fraction`` of the retain set (drawn once), each item
+  ``{"forget": ...}`` or ``{"retain": ...}``, so a batch holds both sides in varying
+  numbers (:class:`PairCollator` groups them), as Bad Teacher's reference trains on
+  forget ∪ 30% of retain.
 - **passes** (``anchor="passes"``): an epoch is one full pass over the forget set followed by
   one full pass over the retain set, each in its own seeded order, and every batch holds one
   side only (``{"forget": ...}`` or ``{"retain": ...}``), as the random-labelling reference
@@ -36,20 +41,31 @@ class ForgetRetainDataset(Dataset):
         forget: Forget-set dataset (map-style).
         retain: Retain-set dataset (map-style); may be ``None`` for forget-only methods.
         anchor: "forget" (epoch = one pass over forget, retain partners sampled), "retain"
-            (the other way round) or "passes" (a forget pass, then a retain pass; one side per
-            batch).
-        seed: Seed of the partner sampling (and of the pass orders).
+            (the other way round), "passes" (a forget pass, then a retain pass; one side per
+            batch) or "mixed" (forget ∪ a ``retain_fraction`` of retain, shuffled together).
+        seed: Seed of the partner sampling (and of the pass orders, and of the mixed subset).
+        retain_fraction: Share of the retain set in a "mixed" epoch (ignored otherwise).
     """
 
-    def __init__(self, forget: Dataset, retain: Dataset | None, *, anchor: str = "forget", seed: int = 0) -> None:
-        if anchor not in ("forget", "retain", "passes"):
-            raise DataError(f"anchor must be 'forget', 'retain' or 'passes', got '{anchor}'")
+    ANCHORS = ("forget", "retain", "passes", "mixed")
+
+    def __init__(self, forget: Dataset, retain: Dataset | None, *, anchor: str = "forget", seed: int = 0,
+                 retain_fraction: float = 1.0) -> None:
+        if anchor not in self.ANCHORS:
+            raise DataError(f"anchor must be one of {', '.join(map(repr, self.ANCHORS))}, got '{anchor}'")
         if len(forget) == 0:  # type: ignore[arg-type]
             raise DataError("the forget set is empty; check the forget selection")
-        if anchor in ("retain", "passes") and (retain is None or len(retain) == 0):  # type: ignore[arg-type]
+        if anchor in ("retain", "passes", "mixed") and (retain is None or len(retain) == 0):  # type: ignore[arg-type]
             raise DataError(f"anchor='{anchor}' needs a non-empty retain set")
+        if not 0 < retain_fraction <= 1:
+            raise DataError(f"retain_fraction must be in (0, 1], got {retain_fraction}")
         self.forget, self.retain, self.anchor, self.seed = forget, retain, anchor, int(seed)
         self.epoch = 0
+        self.mixed_retain = np.zeros(0, dtype=np.int64)
+        if anchor == "mixed":  # the retain rows of every epoch, drawn once (the reference's random.sample)
+            n_r = len(retain)  # type: ignore[arg-type]
+            k = max(1, int(round(retain_fraction * n_r)))
+            self.mixed_retain = np.sort(np.random.default_rng([self.seed, 7]).permutation(n_r)[:k])
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the data loader each epoch; changes the sampled partners."""
@@ -58,6 +74,8 @@ class ForgetRetainDataset(Dataset):
     def __len__(self) -> int:
         if self.anchor == "passes":
             return len(self.forget) + len(self.retain)  # type: ignore[arg-type]
+        if self.anchor == "mixed":
+            return len(self.forget) + len(self.mixed_retain)  # type: ignore[arg-type]
         return len(self.forget if self.anchor == "forget" else self.retain)  # type: ignore[arg-type]
 
     def batch_sampler(self, batch_size: int, num_replicas: int = 1) -> "PassesBatchSampler":
@@ -76,9 +94,12 @@ class ForgetRetainDataset(Dataset):
         return int(rng.integers(n))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        if self.anchor == "passes":  # rows [0, n_f) are the forget set, the rest the retain set
+        if self.anchor in ("passes", "mixed"):  # rows [0, n_f) are the forget set, the rest the retain set
             n_f = len(self.forget)  # type: ignore[arg-type]
-            return {"forget": self.forget[i]} if i < n_f else {"retain": self.retain[i - n_f]}  # type: ignore[index]
+            if i < n_f:
+                return {"forget": self.forget[i]}
+            j = i - n_f if self.anchor == "passes" else int(self.mixed_retain[i - n_f])
+            return {"retain": self.retain[j]}  # type: ignore[index]
         if self.anchor == "forget":
             item = {"forget": self.forget[i]}
             if self.retain is not None and len(self.retain) > 0:  # type: ignore[arg-type]
@@ -149,10 +170,15 @@ def stack_collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class PairCollator:
-    """Collates pair items side by side with ``inner`` (default: :func:`stack_collate`)."""
+    """Collates pair items side by side with ``inner`` (default: :func:`stack_collate`).
+
+    Items of a "mixed" epoch carry one side each: every side present in the batch is
+    collated from the items that have it (a side absent from the whole batch is left out).
+    """
 
     def __init__(self, inner: Callable[[Sequence[dict]], dict] | None = None) -> None:
         self.inner = inner or stack_collate
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        return {side: self.inner([it[side] for it in items]) for side in items[0]}
+        sides = list(dict.fromkeys(side for it in items for side in it))
+        return {side: self.inner([it[side] for it in items if side in it]) for side in sides}

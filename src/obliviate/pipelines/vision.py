@@ -115,7 +115,8 @@ def unlearn(
             model = method.apply(model, forget, retain, adapter, seed)  # type: ignore[union-attr]
             history: list[dict] = []
         else:
-            pairs = ForgetRetainDataset(forget, retain if spec.needs_retain else None, anchor=spec.anchor, seed=seed)
+            pairs = ForgetRetainDataset(forget, retain if spec.needs_retain else None, anchor=spec.anchor, seed=seed,
+                                        retain_fraction=getattr(spec, "retain_fraction", 1.0))
             args = training_arguments(args_cfg, out_dir / "trainer", seed)
             trainer = trainer_cls(model, args, method=method, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(),
                                   guard=guard, **({"method_args": method_args} if method is None else {}))

@@ -83,3 +83,18 @@ def test_passes_under_ddp_keep_each_optimizer_step_on_one_side():
     assert sorted(i for part in batches[2:] for i in part) == list(range(5, 16))
     tiny = list(PassesBatchSampler(1, 4, batch_size=4, num_replicas=2))  # 1 forget row, 2 processes: repeated, never empty
     assert tiny[:2] == [[0], [0]] and all(tiny)
+
+
+def test_mixed_epochs_shuffle_forget_with_a_fixed_share_of_retain():
+    forget, retain = _ds(4), _ds(20, offset=100)
+    mixed = ForgetRetainDataset(forget, retain, anchor="mixed", seed=1, retain_fraction=0.3)
+    assert len(mixed) == 4 + 6
+    items = [mixed[i] for i in range(len(mixed))]
+    assert [set(it) for it in items] == [{"forget"}] * 4 + [{"retain"}] * 6
+    kept = sorted(it["retain"]["index"] for it in items[4:])
+    assert len(set(kept)) == 6 and all(100 <= i < 120 for i in kept)
+    mixed.set_epoch(3)
+    assert sorted(mixed[i]["retain"]["index"] for i in range(4, 10)) == kept  # drawn once, like the reference's random.sample
+    batch = PairCollator()([items[0], items[5], items[1], items[6], items[7]])
+    assert batch["forget"]["index"].tolist() == [0, 1] and batch["retain"]["labels"].shape == (3,)
+    assert set(PairCollator()([items[5], items[6]])) == {"retain"}

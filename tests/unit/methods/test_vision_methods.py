@@ -52,7 +52,7 @@ def test_every_vision_method_runs_with_finite_loss_and_cleans_up(name, tmp_path)
 
 @pytest.mark.parametrize(("name", "args"), [
     ("l1_sparse", {"alpha": -1.0}), ("l1_sparse", {"schedule": "cosine"}), ("SalUn", {"threshold_ratio": 0.0}),
-    ("SCRUB", {"kd_T": 0.0}), ("SCRUB", {"kl_direction": "both"}), ("BadTeacher", {"temperature": -1.0}),
+    ("SCRUB", {"kd_T": 0.0}), ("SCRUB", {"kl_direction": "both"}), ("BadTeacher", {"temperature": -1.0}), ("BadTeacher", {"pairing": "passes"}), ("BadTeacher", {"retain_fraction": 0.0}),
     ("LoRAUnlearner", {"forget_threshold": 2.0}), ("FF", {"max_std": 0.0}), ("IU", {"on_negligible": "ignore"}),
     ("IU", {"damping": 0.0}), ("SSD", {"reference": "test"}), ("SSD", {"importance": "exact"}), ("SalUn", {"ratio": 0.5}),
     ("SSD", {"batch_order": "label"}), ("RL", {"pairing": "mixed"}), ("SalUn", {"pairing": "mixed"}), ("l1_sparse", {"no_l1_epochs": -1}),
@@ -255,13 +255,24 @@ def test_scrub_max_step_uses_only_forget_and_min_step_only_retain():
 
 
 # ----------------------------------------------------------------------------- BadTeacher
+def _reference_unlearner_loss(output, labels, full_teacher_logits, unlearn_teacher_logits, KL_temperature):
+    """Port of the reference ``UnlearnerLoss`` (vikram2000b/bad-teaching-unlearning ``unlearn.py``);
+    label 1 = forget sample, 0 = retain sample."""
+    labels = torch.unsqueeze(labels, dim=1)
+    f_teacher_out = torch.softmax(full_teacher_logits / KL_temperature, dim=1)
+    u_teacher_out = torch.softmax(unlearn_teacher_logits / KL_temperature, dim=1)
+    overall_teacher_out = labels * u_teacher_out + (1 - labels) * f_teacher_out
+    student_out = torch.log_softmax(output / KL_temperature, dim=1)
+    return torch.nn.functional.kl_div(student_out, overall_teacher_out)
+
+
 def test_bad_teacher_kl_targets():
     sp, model = split(), trained_cnn()
     ref = frozen_copy(model)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    method = build_method("BadTeacher", {"temperature": 2.0, "retain_weight": 0.3, "teacher_seed": 7})
+    method = build_method("BadTeacher", {"temperature": 2.0, "retain_weight": 0.3, "teacher_seed": 7, "pairing": "pairs"})
     ctx = context(ref_model=ref)
     method.setup(model, ctx)
     bad = method.bad_teacher
@@ -275,6 +286,31 @@ def test_bad_teacher_kl_targets():
         s_f, s_r = model(f["pixel_values"]) / 2, model(r["pixel_values"]) / 2
         expected = _kl(bad(f["pixel_values"]) / 2, s_f).mean() + 0.3 * _kl(ref(r["pixel_values"]) / 2, s_r).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_bad_teacher_mixed_batches_are_the_references_loss():
+    """The default (``pairing="mixed"``): one average of per-sample KLs over a batch that mixes
+    forget and retain samples = the reference's ``UnlearnerLoss`` times the number of classes
+    (its ``kl_div`` mean also divides by the classes)."""
+    sp, model = split(), trained_cnn()
+    ref = frozen_copy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    method = build_method("BadTeacher", {"temperature": 2.0, "teacher_seed": 7})
+    assert method.anchor == "mixed" and method.retain_fraction == 0.3
+    ctx = context(ref_model=ref)
+    method.setup(model, ctx)
+    f, r = batch_of(sp.forget, [0, 1, 2]), batch_of(sp.retain, list(range(9)))
+    loss, _ = method.loss(model, {"forget": f, "retain": r}, ctx)
+    x = torch.cat([f["pixel_values"], r["pixel_values"]])
+    flags = torch.tensor([1.0] * 3 + [0.0] * 9)
+    with torch.no_grad():
+        expected = _reference_unlearner_loss(model(x), flags, ref(x), method.bad_teacher(x), 2.0) * N_CLASSES
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    only_forget, _ = method.loss(model, {"forget": f}, ctx)  # a batch may hold one side only
+    with torch.no_grad():
+        assert only_forget.item() == pytest.approx(_kl(method.bad_teacher(f["pixel_values"]) / 2, model(f["pixel_values"]) / 2).mean().item(), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- LoRAUnlearner
