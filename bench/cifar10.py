@@ -79,6 +79,20 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     return p.parse_known_args()
 
 
+def setting_overrides(args: argparse.Namespace) -> list[str]:
+    """The benchmark's data / model / reference-training overrides (also used by bench/tune.py)."""
+    return [
+        "experiment=vision/cifar10", f"paths.cifar10={args.data}", f"data.max_train_per_class={args.train_per_class}",
+        f"data.max_test_per_class={args.test_per_class}", f"model.width={args.width}", f"seed={args.seed}",
+        f"train.args.num_train_epochs={args.epochs}", f"data.augment={str(args.augment).lower()}", "++train.args.disable_tqdm=true", "++trainer.args.disable_tqdm=true",
+    ]
+
+
+def forget_selections(args: argparse.Namespace) -> dict[str, dict]:
+    """Setting name -> forget selection (random 10 %, one class)."""
+    return {"random": {"forget_fraction": 0.1}, "class": {"forget_class": args.forget_class}}
+
+
 def relative_change(before: torch.nn.Module, after: torch.nn.Module) -> float:
     """‖θ_after − θ_before‖ / ‖θ_before‖ over parameters."""
     num = den = 0.0
@@ -116,12 +130,8 @@ def main() -> None:
             m, rest = o.split(":", 1)
             per_method.setdefault(m, []).append(rest)
     out = Path(args.out)
-    base_overrides = [
-        "experiment=vision/cifar10", f"paths.cifar10={args.data}", f"data.max_train_per_class={args.train_per_class}",
-        f"data.max_test_per_class={args.test_per_class}", f"model.width={args.width}", f"seed={args.seed}",
-        f"train.args.num_train_epochs={args.epochs}", f"data.augment={str(args.augment).lower()}", "++train.args.disable_tqdm=true", "++trainer.args.disable_tqdm=true",
-    ]
-    selections = {"random": {"forget_fraction": 0.1}, "class": {"forget_class": args.forget_class}}
+    base_overrides = setting_overrides(args)
+    selections = forget_selections(args)
     methods = METHODS.names(tracks="vision") if args.methods == "all" else [m for m in args.methods.split(",") if m]
     sparsities = [s for s in args.sparsity.split(",") if s]
     bad = [s for s in sparsities if s not in ("dense", "omp")]

@@ -102,9 +102,10 @@ def answer_tokens(batch: dict[str, Any]) -> int:
 
 # ---------------------------------------------------------------------- the four losses
 def plain_loss(model: torch.nn.Module, batch: dict[str, Any], ctx: MethodContext) -> torch.Tensor:
-    """Fine-tuning baseline: mean answer NLL on forget + mean answer NLL on retain."""
-    f_nll = ctx.adapter.per_sample_nll(model, batch["forget"])[0].mean()
-    r_nll = ctx.adapter.per_sample_nll(model, batch["retain"])[0].mean()
+    """Fine-tuning baseline: mean answer NLL on forget + mean answer NLL on retain (token means,
+    as the methods' default reduction)."""
+    f_nll = ctx.adapter.mean_nll(model, batch["forget"])
+    r_nll = ctx.adapter.mean_nll(model, batch["retain"])
     return f_nll + r_nll
 
 
@@ -117,7 +118,7 @@ def npo_uncached_loss(method: NPO) -> Callable[[torch.nn.Module, dict[str, Any],
         with torch.no_grad():
             logp_ref = ctx.adapter.per_sample_logprob(ctx.ref_model, forget)
         logp = ctx.adapter.per_sample_logprob(model, forget)
-        r_loss = ctx.adapter.per_sample_nll(model, batch["retain"])[0].mean()
+        r_loss = ctx.adapter.mean_nll(model, batch["retain"])
         return cfg.gamma * npo_loss(logp, logp_ref, cfg.beta) + cfg.alpha * r_loss
 
     return loss

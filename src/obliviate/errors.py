@@ -22,3 +22,7 @@ class DataError(ObliviateError):
 
 class UnknownNameError(ObliviateError, LookupError):
     """A name (method, model, dataset, metric, pruner) is not registered."""
+
+
+class MissingDependencyError(ObliviateError, ImportError):
+    """An optional dependency is not installed (the message names the extra to install)."""

@@ -1,7 +1,9 @@
 """Atomic file writes: a crash never leaves a truncated results file.
 
 Every JSON/YAML/text result goes through :func:`atomic_write_text` (temporary file in the
-same directory, fsync, then ``os.replace``), so readers see the old file or the new one.
+same directory, fsync, then ``os.replace``), so readers see the old file or the new one. The
+file gets the permissions an ordinary ``open(path, "w")`` would give it (``0o666`` less the
+user's umask, or the mode of the file it replaces), not the ``0o600`` of a temporary file.
 """
 
 from __future__ import annotations
@@ -9,9 +11,32 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it, then restore it at once
+    os.umask(mask)
+    return mask
+
+
+def _target_mode(path: Path) -> int:
+    """The mode ``path`` gets: that of the file it replaces, else ``0o666 & ~umask``."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -20,6 +45,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _target_mode(path))  # mkstemp creates 0o600
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from obliviate.console import interrupt_handler
 from obliviate.distributed import is_main_process
 from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json, atomic_write_text, read_json
@@ -94,7 +95,7 @@ class Run:
             if previous == "completed":
                 raise ConfigError(
                     f"'{self.run_dir}' already holds a completed {command} run; pass overwrite=true to replace it, "
-                    "resume=true to continue it, or choose another paths.output_dir / task_name"
+                    "resume=true to continue it, or choose another paths.output_dir (left unset, every run gets a new folder)"
                 )
 
     def _hashed_files(self) -> dict[str, dict[str, str]]:
@@ -129,7 +130,7 @@ class Run:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._previous_sigterm = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        signal.signal(signal.SIGTERM, interrupt_handler)
         if is_main_process():
             atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         self._write("running")
@@ -146,10 +147,6 @@ class Run:
             self.data["error"] = f"{exc_type.__name__}: {exc}"
         self._write(status)
         return False
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _model_source(cfg: DictConfig) -> Any:

@@ -51,8 +51,17 @@ def test_quickstart_track_llm_forgets_forget10(tmp_path):
     assert s["rows"][0]["forget_prob_before"] == pytest.approx(s["rows"][1]["forget_prob_before"], abs=1e-6)
     assert (out / "target" / "model.safetensors").is_file()
     assert json.loads((out / "manifest.json").read_text())["status"] == "completed"
-    # compare / report read the LLM quickstart dir like any other run dir
-    table = run("compare", str(out), cwd=tmp_path).stdout
-    assert "GradDiff" in table and "NPO" in table
+    # every method's folder is a complete run dir, and compare / report show the numbers the run printed
+    for method in ("GradDiff", "NPO"):
+        assert json.loads((out / method / "manifest.json").read_text())["status"] == "completed"
+        assert (out / method / "config.yaml").is_file()
+    table = run("compare", str(out), "--csv", cwd=tmp_path).stdout.splitlines()
+    assert table[0].startswith("run,method,forget p before,forget p after,retain p before,retain p after")
+    for line, r in zip(table[1:], s["rows"]):
+        cells = line.split(",")
+        assert cells[1] == r["method"] and [float(c) for c in cells[2:6]] == pytest.approx([r[k] for k in KEYS], abs=1e-9)
     run("report", str(out), "-o", str(tmp_path / "r.html"), cwd=tmp_path)
-    assert "NPO" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert "NPO" in page and "No headline metrics" not in page and "forget p after" in page
+    summary_table = page.split("<h3>summary (llm)</h3>")[1].split("</table>")[0]
+    assert summary_table.count("<td>-</td>") == 0

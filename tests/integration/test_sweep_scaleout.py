@@ -93,7 +93,7 @@ def test_wandb_offline_or_clear_error(refs, tmp_path, monkeypatch):
     proc = run([OBLIVIATE, "unlearn", "trainer=GA", "forget_class=9", f"paths.output_dir={tmp_path / 'w'}", "trainer.args.report_to=wandb",
                 "++trainer.args.max_steps=2", "++trainer.args.disable_tqdm=true", *refs], cwd=tmp_path, check=False)
     if importlib.util.find_spec("wandb") is None:
-        assert proc.returncode == 2 and "pip install wandb" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert proc.returncode == 2 and "pip install 'obliviate[wandb]'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     else:
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert list((tmp_path / "wb").rglob("offline-run-*")), "no offline W&B run written"

@@ -33,7 +33,7 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ImportError("use_tensorboard=True needs the tensorboard package: pip install tensorboard") from None
+                raise ImportError("use_tensorboard=True needs the tensorboard package: pip install 'obliviate[report]'") from None
             self.tb = SummaryWriter(log_dir=tensorboard_log_dir)
             if config:
                 self.tb.add_text("config", "\n".join(f"{k}: {v}" for k, v in config.items()))

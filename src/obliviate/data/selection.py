@@ -9,11 +9,31 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Hashable, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 
 from obliviate.errors import DataError
+
+
+def class_indices(forget_class: Any, class_names: Sequence[str] | None = None) -> list[int]:
+    """``forget_class`` (an int, a class name, or a list of them) as label indices.
+
+    Raises:
+        DataError: a name that is not one of ``class_names`` (or any name without them).
+    """
+    classes = [forget_class] if np.isscalar(forget_class) else list(forget_class)
+    out = []
+    for c in classes:
+        if isinstance(c, (int, np.integer)) or (isinstance(c, str) and c.lstrip("-").isdigit() and (not class_names or c not in class_names)):
+            out.append(int(c))
+        elif class_names and str(c) in class_names:
+            out.append(list(class_names).index(str(c)))
+        else:
+            known = f"; class names: {', '.join(class_names)}" if class_names else ""
+            raise DataError(f"forget_class={c} is neither a class index nor a class name{known}")
+    return out
 
 
 def select_forget(
@@ -55,7 +75,7 @@ def select_forget(
             f"forget_fraction=F or forget_index_file=PATH (got {', '.join(given) or 'none'})"
         )
     if forget_class is not None:
-        classes = [forget_class] if np.isscalar(forget_class) else list(forget_class)
+        classes = class_indices(forget_class, class_names)
         present = set(np.unique(labels).tolist())
         for c in classes:
             if int(c) not in present:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from obliviate.engine.progress import tidy_progress
 from obliviate.errors import ConfigError
 from obliviate.methods.base import MethodContext, NoArgs, UnlearningMethod, make_config
 
@@ -86,6 +87,9 @@ class UnlearningTrainer(Trainer):
     needs_reference: ClassVar[bool] = False
     needs_retain: ClassVar[bool] = True
     anchor: ClassVar[str] = "forget"
+    # A method's loss is a mean over its micro-batch: the Trainer divides it by the
+    # gradient-accumulation steps (as transformers 4.45, the reference framework's version).
+    loss_is_scaled_for_ga = False
 
     def __init__(
         self,
@@ -102,6 +106,7 @@ class UnlearningTrainer(Trainer):
         self.guard = kwargs.pop("guard", None)  # obliviate.engine.guard.DivergenceGuard
         self._micro = (-1, 0)  # (global step, micro-batch index) for per-step seeding
         super().__init__(model=model, args=args, **kwargs)
+        tidy_progress(self, "unlearn")  # labelled bar with the logs as postfix, not printed dicts
         self.method = method
         if method is not None and method_args:
             raise ConfigError("method_args are for UnlearningTrainer subclasses; a method object takes them in its constructor")
@@ -223,14 +228,27 @@ def build_trainer(handler: str, method_args: dict[str, Any] | None = None) -> tu
 
 
 class SupervisedTrainer(Trainer):
-    """Plain supervised training through an adapter (trains original and retrained models)."""
+    """Plain supervised training through an adapter (trains original and retrained models).
 
-    def __init__(self, model: nn.Module, args: TrainingArguments, adapter: Any, **kwargs: Any) -> None:
+    The loss is the mean NLL over all answer tokens of each micro-batch (HF's
+    ``outputs.loss``, the reference framework's fine-tuning loss; for images the mean
+    cross-entropy), divided by the gradient-accumulation steps as in transformers 4.45.
+    ``reduction="sequence"`` averages per sequence first.
+    """
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: nn.Module, args: TrainingArguments, adapter: Any, reduction: str = "token", **kwargs: Any) -> None:
+        if reduction not in ("token", "sequence"):
+            raise ConfigError(f"reduction must be 'token' or 'sequence', got {reduction!r}")
         args.remove_unused_columns = False
         super().__init__(model=model, args=args, **kwargs)
-        self.adapter = adapter
+        tidy_progress(self, "train")
+        self.adapter, self.reduction = adapter, reduction
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
-        nll, logits = self.adapter.per_sample_nll(model, inputs)
-        loss = nll.mean()
-        return (loss, logits) if return_outputs else loss
+        if self.reduction == "token":
+            loss = self.adapter.mean_nll(model, inputs)
+        else:
+            loss = self.adapter.per_sample_nll(model, inputs)[0].mean()
+        return (loss, None) if return_outputs else loss

@@ -15,6 +15,13 @@ from torch import nn
 from obliviate.errors import ConfigError, DataError
 
 RETAIN_LOSS_TYPES = ("NLL", "KL")
+# How NLL terms are averaged (every method with an NLL term has a ``reduction`` argument):
+# "token" = over all answer tokens of the batch, as HF's ``outputs.loss`` and the reference
+# framework; the KL retain term is then KL(p_ref || p_θ) over every non-padding position, as
+# its ``compute_kl_divergence``. "sequence" = obliviate's earlier variant: per-sequence means,
+# then the batch mean (every sequence weighs the same), and KL(p_θ || p_ref) per sequence over
+# answer tokens only.
+REDUCTIONS = ("token", "sequence")
 IDK_KEY = "idk"
 LM_KEYS = ("input_ids", "attention_mask", "labels")
 _PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100}
@@ -35,13 +42,34 @@ def check_choice(method: str, name: str, value: Any, choices: Sequence[Any]) -> 
         raise ConfigError(f"{method} {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
+def check_reduction(method: str, value: str) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of :data:`REDUCTIONS`."""
+    check_choice(method, "reduction", value, REDUCTIONS)
+
+
 # ----------------------------------------------------------------------------- loss pieces
-def retain_loss(model: nn.Module, batch: dict[str, Any], ctx: Any, kind: str) -> torch.Tensor:
-    """The retain term: mean retain NLL (``"NLL"``) or mean KL(p_θ || p_ref) on retain answer
-    tokens (``"KL"``; needs ``ctx.ref_model``)."""
+def nll_term(model: nn.Module, sub: dict[str, Any], ctx: Any, reduction: str = "token") -> torch.Tensor:
+    """Mean answer NLL of the sub-batch ``sub``: over all its answer tokens (``"token"``, HF's
+    ``outputs.loss``) or per sequence, then over the batch (``"sequence"``)."""
+    if reduction == "token":
+        return ctx.adapter.mean_nll(model, sub)
+    return ctx.adapter.per_sample_nll(model, sub)[0].mean()
+
+
+def retain_loss(model: nn.Module, batch: dict[str, Any], ctx: Any, kind: str, reduction: str = "token") -> torch.Tensor:
+    """The retain term on ``batch["retain"]``.
+
+    ``kind="NLL"``: :func:`nll_term`. ``kind="KL"`` (needs ``ctx.ref_model``): with
+    ``reduction="token"`` KL(p_ref || p_θ) averaged over every non-padding position (the
+    reference framework's ``compute_kl_divergence``, without its padding positions); with
+    ``"sequence"`` KL(p_θ || p_ref) averaged over each sequence's answer tokens, then the batch.
+    """
+    sub = batch["retain"]
     if kind == "KL":
-        return ctx.adapter.per_sample_kl(model, ctx.ref_model, batch["retain"]).mean()
-    return ctx.adapter.per_sample_nll(model, batch["retain"])[0].mean()
+        if reduction == "token":
+            return ctx.adapter.reference_kl(model, ctx.ref_model, sub)
+        return ctx.adapter.per_sample_kl(model, ctx.ref_model, sub).mean()
+    return nll_term(model, sub, ctx, reduction)
 
 
 def idk_batch(batch: dict[str, Any], method: str) -> dict[str, Any]:

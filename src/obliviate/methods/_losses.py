@@ -42,18 +42,28 @@ def sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
 
 
-def reweighted_ascent_loss(logp: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``−mean_b mean_t w_t · NLL_t`` with detached per-token weights (WGA, SatImp).
+def reduce_tokens(values: torch.Tensor, mask: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+    """Mean of per-token ``values [b, t]`` over ``mask``: over all masked tokens of the batch
+    (``"token"``) or per sequence, then over the batch (``"sequence"``)."""
+    if reduction == "token":
+        return masked_mean(values, mask)
+    return sequence_mean(values, mask).mean()
+
+
+def reweighted_ascent_loss(logp: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+    """``−mean w_t · NLL_t`` with detached per-token weights (WGA, SatImp).
 
     Args:
         logp: Per-token answer log-probs ``[b, t]``.
         mask: Answer-token mask ``[b, t]``.
         weights: Per-token weights ``[b, t]`` (detached here: they scale the gradient only).
+        reduction: "token" (mean over every answer token of the batch, the reference
+            framework's) or "sequence" (per-sequence means, then the batch mean).
 
     Returns:
         The scalar loss (to be minimised; it ascends the weighted forget NLL).
     """
-    return -sequence_mean(weights.detach() * -logp, mask).mean()
+    return -reduce_tokens(weights.detach() * -logp, mask, reduction)
 
 
 def wga_weights(logp: torch.Tensor, beta: float) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.methods import METHODS
-from obliviate.methods._common import RETAIN_LOSS_TYPES, check_choice, check_positive, idk_batch, retain_loss
+from obliviate.methods._common import RETAIN_LOSS_TYPES, check_choice, check_positive, check_reduction, idk_batch, retain_loss
 from obliviate.methods._losses import dpo_loss
 from obliviate.methods._refcache import CachedReference
 from obliviate.methods.base import UnlearningMethod
@@ -33,6 +33,9 @@ class IdkDPOConfig:
         retain_loss_type: "NLL" or "KL" (KL keeps the reference model in memory).
         ref_cache: "precompute" (one reference pass over the forget set before training) or
             "lazy" (cache filled per batch on first sight).
+        reduction: "token" (retain NLL over all answer tokens of the batch, as the reference
+            framework; KL retain term KL(p_ref || p_θ) over non-padding positions) or
+            "sequence" (per-sequence means; KL(p_θ || p_ref) on answer tokens).
     """
 
     beta: float = 0.1
@@ -40,6 +43,7 @@ class IdkDPOConfig:
     alpha: float = 1.0
     retain_loss_type: str = "NLL"
     ref_cache: str = "precompute"
+    reduction: str = "token"
 
 
 @METHODS.register("IdkDPO", aliases=("DPO",), tracks=("llm",))
@@ -54,6 +58,7 @@ class IdkDPO(UnlearningMethod):
         super().__init__(config)
         check_positive("IdkDPO", "beta", self.cfg.beta)
         check_choice("IdkDPO", "retain_loss_type", self.cfg.retain_loss_type, RETAIN_LOSS_TYPES)
+        check_reduction("IdkDPO", self.cfg.reduction)
         self.ref_cache = CachedReference(
             self.cfg.ref_cache, keep_reference=self.cfg.retain_loss_type == "KL",
             sides=lambda forget: [idk_batch({"forget": forget}, "IdkDPO"), forget], method="IdkDPO",
@@ -69,6 +74,6 @@ class IdkDPO(UnlearningMethod):
         logp_w = ctx.adapter.per_sample_logprob(model, win)  # [b]
         logp_l = ctx.adapter.per_sample_logprob(model, forget)  # [b]
         f_loss = dpo_loss(logp_w, logp_w_ref, logp_l, logp_l_ref, self.cfg.beta)
-        r_loss = retain_loss(model, batch, ctx, self.cfg.retain_loss_type)
+        r_loss = retain_loss(model, batch, ctx, self.cfg.retain_loss_type, self.cfg.reduction)
         loss = self.cfg.gamma * f_loss + self.cfg.alpha * r_loss
         return loss, {"forget_loss": f_loss.item(), "retain_loss": r_loss.item()}

@@ -1,11 +1,18 @@
-"""GradDiff: ``−γ·NLL_f + α·L_r``, ``L_r`` = retain NLL or KL(p_θ || p_ref) on retain."""
+"""GradDiff: ``−γ·NLL_f + α·L_r``, ``L_r`` = retain NLL or a KL to the reference on retain.
+
+With the default ``reduction="token"`` both NLLs are token means over the batch's answer
+tokens (HF's ``outputs.loss``) and the KL retain term is KL(p_ref || p_θ) over every
+non-padding retain position, as the reference framework's ``GradDiff``;
+``reduction="sequence"`` uses per-sequence means and KL(p_θ || p_ref) on answer tokens
+(see :mod:`obliviate.methods._common`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obliviate.errors import ConfigError
 from obliviate.methods import METHODS
+from obliviate.methods._common import RETAIN_LOSS_TYPES, check_choice, check_reduction, nll_term, retain_loss
 from obliviate.methods.base import UnlearningMethod
 
 
@@ -18,11 +25,15 @@ class GradDiffConfig:
         alpha: Weight of the retain term.
         retain_loss_type: "NLL" (retain cross-entropy) or "KL" (divergence from the frozen
             reference on retain samples; builds a reference model).
+        reduction: "token" (means over all answer tokens of the batch; KL(p_ref || p_θ) over
+            non-padding positions: the reference framework's) or "sequence" (per-sequence
+            means; KL(p_θ || p_ref) on answer tokens).
     """
 
     gamma: float = 1.0
     alpha: float = 1.0
     retain_loss_type: str = "NLL"
+    reduction: str = "token"
 
 
 @METHODS.register("GradDiff", tracks=("vision", "llm"))
@@ -33,16 +44,12 @@ class GradDiff(UnlearningMethod):
 
     def __init__(self, config: GradDiffConfig | None = None) -> None:
         super().__init__(config)
-        if self.cfg.retain_loss_type not in ("NLL", "KL"):
-            raise ConfigError(f"GradDiff retain_loss_type must be 'NLL' or 'KL', got '{self.cfg.retain_loss_type}'")
+        check_choice("GradDiff", "retain_loss_type", self.cfg.retain_loss_type, RETAIN_LOSS_TYPES)
+        check_reduction("GradDiff", self.cfg.reduction)
         self.needs_reference = self.cfg.retain_loss_type == "KL"
 
     def loss(self, model, batch, ctx):
-        f_nll, _ = ctx.adapter.per_sample_nll(model, batch["forget"])
-        forget_loss = f_nll.mean()
-        if self.cfg.retain_loss_type == "KL":
-            retain_loss = ctx.adapter.per_sample_kl(model, ctx.ref_model, batch["retain"]).mean()
-        else:
-            retain_loss = ctx.adapter.per_sample_nll(model, batch["retain"])[0].mean()
-        loss = -self.cfg.gamma * forget_loss + self.cfg.alpha * retain_loss
-        return loss, {"forget_loss": forget_loss.item(), "retain_loss": retain_loss.item()}
+        forget_loss = nll_term(model, batch["forget"], ctx, self.cfg.reduction)
+        r_loss = retain_loss(model, batch, ctx, self.cfg.retain_loss_type, self.cfg.reduction)
+        loss = -self.cfg.gamma * forget_loss + self.cfg.alpha * r_loss
+        return loss, {"forget_loss": forget_loss.item(), "retain_loss": r_loss.item()}

@@ -2,10 +2,14 @@
 
 Loss::
 
-    NLL(y_idk | x_f) + γ · NLL_r
+    (Σ_t NLL_t(y_idk | x_f) + γ · Σ_t NLL_t(y_r | x_r)) / (n_idk + n_r)
 
-the mean answer-token NLL of an "I don't know"-style answer to each forget question, plus the
-retain NLL (the TOFU paper's "preference optimisation" baseline).
+the answer-token NLL of an "I don't know"-style answer to each forget question and of the
+retain answers (the TOFU paper's "preference optimisation" baseline). With γ = 1 this is the
+TOFU code's ``idk`` loss exactly: ``outputs.loss`` of one forward over the refusal and retain
+sequences concatenated, a token mean over all their answer tokens (the reference framework has
+no IdK method). ``reduction="sequence"`` uses ``mean_b NLL(y_idk) + γ · mean_b NLL_r`` with
+per-sequence means instead.
 
 Data contract (every method with ``needs_idk = True``: IdK, IdkDPO)
 -------------------------------------------------------------------
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from obliviate.methods import METHODS
-from obliviate.methods._common import IDK_KEY, check_positive, idk_batch, retain_loss
+from obliviate.methods._common import IDK_KEY, check_positive, check_reduction, idk_batch, retain_loss
 from obliviate.methods.base import UnlearningMethod
 
 __all__ = ["IDK_KEY", "IdK", "needs_idk"]
@@ -54,9 +58,12 @@ class IdKConfig:
 
     Attributes:
         gamma: Weight of the retain NLL.
+        reduction: "token" (one mean over the answer tokens of the refusal and retain
+            batches together, the TOFU code's) or "sequence" (per-sequence means of each).
     """
 
     gamma: float = 1.0
+    reduction: str = "token"
 
 
 @METHODS.register("IdK", aliases=("PO", "IdkNLL"), tracks=("llm",))
@@ -69,9 +76,16 @@ class IdK(UnlearningMethod):
     def __init__(self, config: IdKConfig | None = None) -> None:
         super().__init__(config)
         check_positive("IdK", "gamma", self.cfg.gamma, allow_zero=True)
+        check_reduction("IdK", self.cfg.reduction)
 
     def loss(self, model, batch, ctx):
-        idk_nll, _ = ctx.adapter.per_sample_nll(model, idk_batch(batch, "IdK"))  # [b]
-        r_loss = retain_loss(model, batch, ctx, "NLL")
-        loss = idk_nll.mean() + self.cfg.gamma * r_loss
-        return loss, {"idk_loss": idk_nll.mean().item(), "retain_loss": r_loss.item()}
+        if self.cfg.reduction == "sequence":
+            idk_nll = ctx.adapter.per_sample_nll(model, idk_batch(batch, "IdK"))[0].mean()
+            r_loss = retain_loss(model, batch, ctx, "NLL", "sequence")
+            loss = idk_nll + self.cfg.gamma * r_loss
+            return loss, {"idk_loss": idk_nll.item(), "retain_loss": r_loss.item()}
+        logp_i, mask_i, _ = ctx.adapter.token_logprobs(model, idk_batch(batch, "IdK"))  # [b, t]
+        logp_r, mask_r, _ = ctx.adapter.token_logprobs(model, batch["retain"])  # [b', t']
+        n_i, n_r = mask_i.sum().clamp_min(1), mask_r.sum().clamp_min(1)
+        loss = (-logp_i.sum() - self.cfg.gamma * logp_r.sum()) / (mask_i.sum() + mask_r.sum()).clamp_min(1)
+        return loss, {"idk_loss": (-logp_i.sum() / n_i).item(), "retain_loss": (-logp_r.sum() / n_r).item()}

@@ -7,21 +7,25 @@ Loss::
 ``h_ℓ`` is the output of decoder block ``ℓ`` (0-based; ``= hidden_states[ℓ+1]`` of
 ``output_hidden_states`` for every block but the last, whose hidden state HF reports after the
 final norm), captured by a forward hook. ``u`` is a fixed random unit vector (uniform entries,
-normalised, seeded by ``vector_seed``, as in the WMDP reference code), ``c`` the steering
-coefficient. ``D`` is the squared distance as in the reference implementations: mean over the
-hidden dimension of the squared difference (``||·||²/d``), averaged per sequence over the
-selected tokens (answer tokens, or every non-padding token with ``tokens="all"``), then over
-the batch. With ``retain_loss_type="NLL"`` the retain term is the retain NLL and no reference
-model is built.
+normalised; seeded by ``vector_seed`` here, drawn from the global RNG in the reference
+implementations), ``c`` the steering coefficient. ``D`` is the squared distance as in the
+reference implementations: mean over the hidden dimension of the squared difference
+(``||·||²/d``), averaged per sequence over the selected tokens (answer tokens, or every
+non-padding token with ``tokens="all"``), then over the batch. With
+``retain_loss_type="NLL"`` the retain term is the retain NLL and no reference model is built.
 
-Only a few blocks' MLP weights are trained: :meth:`RMU.setup` sets ``requires_grad=False`` on
-every other parameter (the optimizer, created after setup, never sees them). The decoder
-blocks are discovered, not hard-coded: the ``nn.ModuleList`` of ``config.num_hidden_layers``
-identical blocks (``model.layers`` for Llama/Qwen/Mistral/Phi, ``transformer.h`` for GPT-2,
-``gpt_neox.layers``, ``model.decoder.layers`` for OPT, also under a PEFT wrapper); the MLP
-parameters are those whose name inside the block matches ``param_regex``. The forward stops
-right after block ``ℓ`` (the hook raises), so the upper blocks and the LM head are never run,
-except under ``DistributedDataParallel`` where the full forward runs.
+Defaults are the reference framework's ``RMU.yaml`` (layer 7, c = 2, α = γ = 1,
+``EMBED_DIFF``) with every parameter trainable (``trainable="all"``; blocks above ℓ and the LM
+head get no gradient). ``trainable="wmdp"`` trains only the MLP down-projection weight of
+blocks ℓ-2, ℓ-1, ℓ (the WMDP authors' choice: ``model.layers.(5|6|7).mlp.down_proj.weight``);
+``trainable="layers"`` the parameters matching ``param_regex`` (default: the whole MLP) of
+``trainable_layers``. :meth:`RMU.setup` sets ``requires_grad=False`` on every other parameter
+(the optimizer, created after setup, never sees them). The decoder blocks are discovered, not
+hard-coded: the ``nn.ModuleList`` of ``config.num_hidden_layers`` identical blocks
+(``model.layers`` for Llama/Qwen/Mistral/Phi, ``transformer.h`` for GPT-2,
+``gpt_neox.layers``, ``model.decoder.layers`` for OPT, also under a PEFT wrapper). The forward
+stops right after block ``ℓ`` (the hook raises), so the upper blocks and the LM head are never
+run, except under ``DistributedDataParallel`` where the full forward runs.
 """
 
 from __future__ import annotations
@@ -35,9 +39,15 @@ from torch import nn
 
 from obliviate.errors import ConfigError
 from obliviate.methods import METHODS
-from obliviate.methods._common import check_choice, check_positive
+from obliviate.methods._common import check_choice, check_positive, check_reduction, nll_term
 from obliviate.methods._losses import activation_mse
 from obliviate.methods.base import UnlearningMethod
+
+
+TRAINABLE = ("all", "wmdp", "layers")
+# The MLP down-projection weight inside a decoder block: Llama/Qwen/Mistral (mlp.down_proj),
+# Phi (mlp.fc2), GPT-2 (mlp.c_proj), NeoX (mlp.dense_4h_to_h), OPT (fc2).
+WMDP_REGEX = re.compile(r"(^|\.)(mlp\.(down_proj|fc2|c_proj|dense_4h_to_h)|fc2)\.weight$")
 
 
 @dataclass
@@ -46,10 +56,13 @@ class RMUConfig:
 
     Attributes:
         layer: Decoder block ℓ whose output is steered (0-based; negative counts from the end).
-        trainable_layers: Blocks whose MLP weights are trained; None = ``[ℓ-2, ℓ-1, ℓ]`` (the
-            ones that exist), as in the WMDP reference.
-        param_regex: Regex searched in parameter names *inside a block* selecting the trained
-            weights (default: the MLP of Llama/Qwen/Mistral/Phi/GPT-2/NeoX/OPT blocks).
+        trainable: Which parameters train: "all" (every parameter, the reference framework's
+            TOFU config), "wmdp" (the MLP down-projection weight of blocks ℓ-2..ℓ, the WMDP
+            authors' choice) or "layers" (``param_regex`` parameters of ``trainable_layers``).
+        trainable_layers: With ``trainable="layers"``: the blocks trained; None =
+            ``[ℓ-2, ℓ-1, ℓ]`` (the ones that exist).
+        param_regex: With ``trainable="layers"``: regex searched in parameter names *inside a
+            block* (default: the MLP of Llama/Qwen/Mistral/Phi/GPT-2/NeoX/OPT blocks).
         steering_coeff: Steering coefficient c (scale of the target ``c·u``).
         alpha: Weight of the retain term.
         gamma: Weight of the forget (steering) term.
@@ -57,9 +70,12 @@ class RMUConfig:
             "NLL" (retain NLL; no reference model).
         tokens: "answer" (tokens with a label) or "all" (every non-padding token).
         vector_seed: Seed of the random direction u.
+        reduction: Of the retain NLL (``retain_loss_type="NLL"``): "token" (over all answer
+            tokens of the batch, as the reference framework) or "sequence".
     """
 
     layer: int = 7
+    trainable: str = "all"
     trainable_layers: list[int] | None = None
     param_regex: str = r"(^|\.)(mlp|feed_forward|ffn|fc1|fc2)(\.|$)"
     steering_coeff: float = 2.0
@@ -68,6 +84,7 @@ class RMUConfig:
     retain_loss_type: str = "EMBED_DIFF"
     tokens: str = "answer"
     vector_seed: int = 0
+    reduction: str = "token"
 
 
 def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -130,6 +147,10 @@ class RMU(UnlearningMethod):
         super().__init__(config)
         check_choice("RMU", "retain_loss_type", self.cfg.retain_loss_type, ("EMBED_DIFF", "NLL"))
         check_choice("RMU", "tokens", self.cfg.tokens, ("answer", "all"))
+        check_choice("RMU", "trainable", self.cfg.trainable, TRAINABLE)
+        check_reduction("RMU", self.cfg.reduction)
+        if self.cfg.trainable_layers is not None and self.cfg.trainable != "layers":
+            raise ConfigError(f"RMU trainable_layers needs trainable=layers (got trainable={self.cfg.trainable})")
         check_positive("RMU", "steering_coeff", self.cfg.steering_coeff)
         check_positive("RMU", "alpha", self.cfg.alpha, allow_zero=True)
         try:
@@ -146,7 +167,7 @@ class RMU(UnlearningMethod):
         layer = self.cfg.layer + n_layers if self.cfg.layer < 0 else self.cfg.layer
         if not 0 <= layer < n_layers:
             raise ConfigError(f"RMU layer {self.cfg.layer} is out of range: the model has {n_layers} decoder blocks")
-        ids = self.cfg.trainable_layers
+        ids = self.cfg.trainable_layers if self.cfg.trainable == "layers" else None
         if ids is None:
             ids = [i for i in (layer - 2, layer - 1, layer) if i >= 0]
         ids = [i + n_layers if i < 0 else i for i in ids]
@@ -160,21 +181,26 @@ class RMU(UnlearningMethod):
     def setup(self, model, ctx):
         _, layers = find_decoder_layers(model)
         self.layer_index, train_ids = self._resolve(len(layers))
+        self._layer = layers[self.layer_index]
+        self._ref_layer = find_decoder_layers(ctx.ref_model)[1][self.layer_index] if ctx.ref_model is not None else None
+        if self.cfg.trainable == "all":  # every parameter stays as it is (those above ℓ get no gradient)
+            self.trained_names = [name for name, p in model.named_parameters() if p.requires_grad]
+            return
+        regex = self._regex if self.cfg.trainable == "layers" else WMDP_REGEX
         selected: set[int] = set()
         for i in train_ids:
             for name, p in layers[i].named_parameters():
-                if p.requires_grad and self._regex.search(name):
+                if p.requires_grad and regex.search(name):
                     selected.add(id(p))
         if not selected:
-            raise ConfigError(f"RMU: no trainable parameter of blocks {train_ids} matches param_regex '{self.cfg.param_regex}'")
+            what = "param_regex" if regex is self._regex else "the MLP down-projection pattern"
+            raise ConfigError(f"RMU: no trainable parameter of blocks {train_ids} matches {what} '{regex.pattern}'")
         self.trained_names = []
         for name, p in model.named_parameters():
             keep = id(p) in selected
             p.requires_grad_(keep)
             if keep:
                 self.trained_names.append(name)
-        self._layer = layers[self.layer_index]
-        self._ref_layer = find_decoder_layers(ctx.ref_model)[1][self.layer_index] if ctx.ref_model is not None else None
 
     def control_vector(self, dim: int, device: torch.device) -> torch.Tensor:
         """``c·u`` ``[d]``: u uniform in [0, 1)^d normalised to unit length, seeded."""
@@ -203,6 +229,6 @@ class RMU(UnlearningMethod):
                 h_r_ref = layer_output(ctx.ref_model, self._ref_layer, retain, True)
             r_loss = activation_mse(h_r, h_r_ref.to(h_r.device), self._mask(retain))
         else:
-            r_loss = ctx.adapter.per_sample_nll(model, retain)[0].mean()
+            r_loss = nll_term(model, retain, ctx, self.cfg.reduction)
         loss = self.cfg.gamma * f_loss + self.cfg.alpha * r_loss
         return loss, {"forget_loss": f_loss.item(), "retain_loss": r_loss.item()}

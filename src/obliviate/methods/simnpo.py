@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.methods import METHODS
-from obliviate.methods._common import check_choice, check_positive, retain_loss
+from obliviate.methods._common import check_choice, check_positive, check_reduction, retain_loss
 from obliviate.methods._losses import simnpo_loss
 from obliviate.methods.base import UnlearningMethod
 
@@ -30,6 +30,9 @@ class SimNPOConfig:
         gamma: Weight of the SimNPO forget term.
         alpha: Weight of the retain NLL.
         retain_loss_type: "NLL" only (SimNPO is reference-free).
+        reduction: Of the retain NLL: "token" (over all answer tokens of the batch, as the
+            reference framework) or "sequence" (per-sequence means). The forget term is a
+            per-sequence mean NLL either way (length normalisation is SimNPO's point).
     """
 
     beta: float = 4.5
@@ -37,6 +40,7 @@ class SimNPOConfig:
     gamma: float = 0.125
     alpha: float = 1.0
     retain_loss_type: str = "NLL"
+    reduction: str = "token"
 
 
 @METHODS.register("SimNPO", tracks=("llm",))
@@ -49,10 +53,11 @@ class SimNPO(UnlearningMethod):
         super().__init__(config)
         check_positive("SimNPO", "beta", self.cfg.beta)
         check_choice("SimNPO", "retain_loss_type", self.cfg.retain_loss_type, ("NLL",))
+        check_reduction("SimNPO", self.cfg.reduction)
 
     def loss(self, model, batch, ctx):
         nll_f, _ = ctx.adapter.per_sample_nll(model, batch["forget"])  # [b]
         f_loss = simnpo_loss(nll_f, self.cfg.beta, self.cfg.delta)
-        r_loss = retain_loss(model, batch, ctx, "NLL")
+        r_loss = retain_loss(model, batch, ctx, "NLL", self.cfg.reduction)
         loss = self.cfg.gamma * f_loss + self.cfg.alpha * r_loss
         return loss, {"forget_loss": f_loss.item(), "forget_nll": nll_f.mean().item(), "retain_loss": r_loss.item()}

@@ -4,8 +4,8 @@
 
     θ' = θ − α · (θ_ft − θ)
 
-``θ_ft`` = ``θ`` fine-tuned further on the forget set (plain AdamW on the mean answer-token NLL,
-``finetune_*`` arguments). The fine-tuning runs on the model itself after saving ``θ`` (one
+``θ_ft`` = ``θ`` fine-tuned further on the forget set (plain AdamW on the answer NLL, a token
+mean over the batch as HF's loss unless ``reduction="sequence"``; ``finetune_*`` arguments). The fine-tuning runs on the model itself after saving ``θ`` (one
 extra copy of the trainable parameters, on CPU with ``offload=True``), then every trainable
 parameter is set to ``θ − α·(θ_ft − θ)`` in place. Buffers (e.g. BatchNorm statistics) are
 restored to their original values. Parameters with ``requires_grad=False`` are not fine-tuned
@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from obliviate.methods import METHODS
-from obliviate.methods._common import check_positive, model_device, pad_collate, to_device
+from obliviate.methods._common import check_positive, check_reduction, model_device, nll_term, pad_collate, to_device
 from obliviate.methods.base import UnlearningMethod
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class TaskVectorConfig:
         finetune_batch_size: Batch size of the fine-tuning.
         finetune_weight_decay: AdamW weight decay of the fine-tuning.
         offload: Keep the saved θ on CPU (saves accelerator memory).
+        reduction: Of the fine-tuning NLL: "token" (over all answer tokens of the batch, HF's
+            loss) or "sequence" (per-sequence means, then the batch mean).
     """
 
     alpha: float = 1.0
@@ -52,6 +54,14 @@ class TaskVectorConfig:
     finetune_batch_size: int = 4
     finetune_weight_decay: float = 0.0
     offload: bool = False
+    reduction: str = "token"
+
+
+class _Ctx:
+    """The part of a method context :func:`nll_term` reads (the adapter)."""
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter = adapter
 
 
 def negate_task_vector(param: torch.Tensor, base: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -73,13 +83,14 @@ class TaskVector(UnlearningMethod):
         check_positive("TaskVector", "finetune_lr", self.cfg.finetune_lr)
         check_positive("TaskVector", "finetune_epochs", self.cfg.finetune_epochs)
         check_positive("TaskVector", "finetune_batch_size", self.cfg.finetune_batch_size)
+        check_reduction("TaskVector", self.cfg.reduction)
         if self.cfg.finetune_max_steps is not None:
             check_positive("TaskVector", "finetune_max_steps", self.cfg.finetune_max_steps)
         self.finetune_steps = 0
 
     def finetune(self, model: nn.Module, forget_dataset: Dataset, adapter: Any, seed: int,
                  collate_fn: Callable[[list], dict] | None = None) -> None:
-        """Fine-tune ``model`` in place on ``forget_dataset`` (mean per-sample NLL, AdamW)."""
+        """Fine-tune ``model`` in place on ``forget_dataset`` (mean NLL, AdamW)."""
         cfg = self.cfg
         loader = DataLoader(forget_dataset, batch_size=int(cfg.finetune_batch_size), shuffle=True,
                             generator=torch.Generator().manual_seed(int(seed)), collate_fn=collate_fn or pad_collate)
@@ -96,7 +107,7 @@ class TaskVector(UnlearningMethod):
             for batch in loader:
                 if self.finetune_steps >= total:
                     break
-                loss = adapter.per_sample_nll(model, to_device(batch, device))[0].mean()
+                loss = nll_term(model, to_device(batch, device), _Ctx(adapter), cfg.reduction)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,9 +1,9 @@
-"""Metrics: vision classification (UA/RA/TA/MIA/Avg. Gap/RTE); LLM metrics live in tofu.py."""
+"""Metrics: vision classification (UA/RA/TA/MIA/Avg. Gap/RTE); LLM metrics in tofu.py, muse.py (lm_harness.py: WMDP/MMLU)."""
 
 from obliviate.registry import Registry
 
 METRICS: Registry = Registry("metric")
 
-from obliviate.metrics import classification, memorisation, mia, mia_llm, tofu  # noqa: E402,F401  (registration)
+from obliviate.metrics import classification, memorisation, mia, mia_llm, muse, retrain_free, tofu  # noqa: E402,F401  (registration)
 
 __all__ = ["METRICS"]

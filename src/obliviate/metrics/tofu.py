@@ -141,7 +141,9 @@ def rouge_scores(generations: Sequence[str], references: Sequence[str]) -> list[
         Per sample ``{"rougeL_recall", "rouge1_recall", "rougeL_f1"}``; the TOFU metric is
         ``rougeL_recall`` = LCS(reference, generation) / len(reference tokens).
     """
-    from rouge_score import rouge_scorer
+    from obliviate.extras import require
+
+    rouge_scorer = require("rouge_score.rouge_scorer", "ROUGE in the TOFU evaluation (eval.tofu.generate=false skips it)")
 
     if len(generations) != len(references):
         raise ValueError(f"{len(generations)} generations but {len(references)} references")

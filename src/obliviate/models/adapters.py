@@ -43,6 +43,16 @@ class ClassifierAdapter:
             ref_logits = self.logits(ref_model, batch)
         return kl_from_logits(self.logits(model, batch), ref_logits)
 
+    def mean_nll(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy over the batch (one "token" per image: same as the per-sample mean)."""
+        return self.per_sample_nll(model, batch)[0].mean()
+
+    def reference_kl(self, model: nn.Module, ref_model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean over the batch of KL(p_ref || p_model), the reference framework's direction."""
+        with torch.no_grad():
+            ref_logits = self.logits(ref_model, batch)
+        return kl_from_logits(ref_logits, self.logits(model, batch)).mean()
+
     def random_wrong_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Uniformly random labels that are never the true label (``y + U{1..C-1} mod C``)."""
         shift = torch.randint(1, self.num_classes, labels.shape, generator=generator, device="cpu").to(labels.device)
@@ -93,11 +103,41 @@ class CausalLMAdapter:
         """Summed answer log-prob ``log π(y|x)`` per sequence ``[b]``."""
         return self.token_logprobs(model, batch)[0].sum(-1)
 
-    def per_sample_kl(self, model: nn.Module, ref_model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        """Mean over answer tokens of KL(p_model || p_ref) per sequence ``[b]`` (padding/prompt excluded)."""
+    def mean_nll(self, model: nn.Module, batch: dict[str, Any], labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Token mean of the answer NLL over *all* answer tokens of the batch (a scalar).
+
+        This is HF's ``model(**batch).loss`` (the reference framework's NLL terms): every
+        answer token weighs the same, so long answers weigh more than short ones. Compare
+        :meth:`per_sample_nll`, whose batch mean weighs every sequence the same.
+        """
+        logp, mask, _ = self.token_logprobs(model, batch, labels)
+        return -logp.sum() / mask.sum().clamp_min(1)
+
+    def reference_kl(self, model: nn.Module, ref_model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """KL(p_ref || p_model) averaged over every non-padding position of the batch (a scalar).
+
+        The reference framework's retain KL (``compute_kl_divergence``: ``kl_div(log p_θ,
+        log p_ref, reduction="batchmean", log_target=True)`` over all ``b·s`` positions, prompt
+        included, unshifted) without its padding positions: the mean runs over the positions
+        where ``attention_mask`` is 1. On a batch without padding the two are identical.
+        """
+        with torch.no_grad():
+            ref_logits = self.logits(ref_model, batch)  # [b, s, v]
+        logits = self.logits(model, batch)  # [b, s, v]
+        mask = batch["attention_mask"].bool()  # [b, s]
+        kl = kl_from_logits(ref_logits, logits) * mask  # KL(p_ref || p_θ) [b, s]
+        return kl.sum() / mask.sum().clamp_min(1)
+
+    def token_kl(self, model: nn.Module, ref_model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL(p_model || p_ref) of the next-token distributions that predict answer tokens:
+        ``(kl [b, s-1], mask [b, s-1])``, 0 off the answer (padding/prompt excluded)."""
         with torch.no_grad():
             ref_logits = self.logits(ref_model, batch)[:, :-1, :]
         logits = self.logits(model, batch)[:, :-1, :]
         mask = batch["labels"][:, 1:] != -100
-        kl = kl_from_logits(logits, ref_logits) * mask  # [b, s-1]
+        return kl_from_logits(logits, ref_logits) * mask, mask
+
+    def per_sample_kl(self, model: nn.Module, ref_model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean over answer tokens of KL(p_model || p_ref) per sequence ``[b]`` (padding/prompt excluded)."""
+        kl, mask = self.token_kl(model, ref_model, batch)  # [b, s-1]
         return kl.sum(-1) / mask.sum(-1).clamp_min(1)

@@ -196,6 +196,9 @@ def hf_causal_lm(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
     if attn:
         kwargs["attn_implementation"] = attn
     if gguf_file:
+        from obliviate.extras import require
+
+        require("gguf", f"the GGUF model {gguf_file}")
         kwargs["gguf_file"] = gguf_file
     log.info("loading causal LM from %s%s", path, f" ({gguf_file})" if gguf_file else "")
     try:

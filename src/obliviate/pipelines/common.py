@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,8 @@ from transformers import TrainingArguments
 from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_text
 
+log = logging.getLogger(__name__)
+
 TRAINING_DEFAULTS: dict[str, Any] = {
     "report_to": "none",
     "save_strategy": "no",
@@ -23,19 +26,64 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
-def training_arguments(args: dict[str, Any] | DictConfig, output_dir: str | Path, seed: int) -> TrainingArguments:
-    """Build ``TrainingArguments`` from a config block; unknown keys fail with a clear message."""
-    from obliviate.distributed import training_defaults
+def training_arguments(args: dict[str, Any] | DictConfig, output_dir: str | Path, seed: int, n_train: int | None = None) -> TrainingArguments:
+    """Build ``TrainingArguments`` from a config block; unknown keys fail with a clear message.
+
+    Besides the ``TrainingArguments`` fields, the block may hold ``warmup_epochs`` (as in the
+    reference framework): warm-up over that many epochs, i.e. ``warmup_steps =
+    int(warmup_epochs · n_train // (per_device_train_batch_size · gradient_accumulation_steps
+    · world size))``; it then replaces ``warmup_steps`` (``warmup_epochs: 0`` keeps
+    ``warmup_steps``). Half precision (``bf16``/``fp16``) is switched off without a GPU, and a
+    ``paged_*`` optimizer (bitsandbytes) becomes ``adamw_torch`` (the same AdamW update)
+    without a GPU or without the bitsandbytes package; each is logged.
+
+    Args:
+        args: The ``trainer.args`` / ``train.args`` block.
+        output_dir: The Trainer's output directory.
+        seed: Default ``seed`` (the block may override it).
+        n_train: Number of training samples per epoch (``len(train_dataset)``); needed when
+            ``warmup_epochs`` > 0.
+    """
+    from obliviate.distributed import training_defaults, world_size
 
     raw = OmegaConf.to_container(args, resolve=True) if isinstance(args, DictConfig) else dict(args or {})
     merged = {**TRAINING_DEFAULTS, **training_defaults(), "seed": seed, **raw, "output_dir": str(output_dir)}
     check_report_to(merged.get("report_to"))
+    _hardware_fallbacks(merged)
+    warmup_epochs = float(merged.pop("warmup_epochs", 0) or 0)
+    if warmup_epochs > 0:
+        if n_train is None:
+            raise ConfigError("trainer.args.warmup_epochs needs the training-set size here; set warmup_epochs=0 and use warmup_steps")
+        per_step = int(merged.get("per_device_train_batch_size", 8)) * int(merged.get("gradient_accumulation_steps", 1)) * world_size()
+        steps = int((warmup_epochs * int(n_train)) // per_step)
+        if merged.get("warmup_steps"):
+            log.warning("warmup_epochs=%g replaces warmup_steps=%s (set warmup_epochs=0 to use warmup_steps)", warmup_epochs, merged["warmup_steps"])
+        merged["warmup_steps"] = steps
     try:
         return TrainingArguments(**merged)
     except TypeError as exc:
         raise ConfigError(f"invalid trainer.args: {exc}; see transformers.TrainingArguments for valid keys") from None
     except ValueError as exc:
         raise ConfigError(f"invalid trainer.args: {exc}") from None
+
+
+def _hardware_fallbacks(args: dict[str, Any]) -> None:
+    """Switch off what this machine cannot run: half precision without a GPU, bitsandbytes'
+    paged optimizers without a GPU or the package (in place, logged)."""
+    import importlib.util
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        for flag in ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval"):
+            if args.get(flag):
+                log.info("no GPU: ignoring trainer args %s=true", flag)
+                args[flag] = False
+    optim = str(args.get("optim", ""))
+    if optim.startswith("paged_") and not (cuda and importlib.util.find_spec("bitsandbytes") is not None):
+        log.info("optim %s needs a GPU and the bitsandbytes package: using adamw_torch (the same AdamW update)", optim)
+        args["optim"] = "adamw_torch"
 
 
 def check_report_to(report_to: Any) -> None:
@@ -48,7 +96,10 @@ def check_report_to(report_to: Any) -> None:
     for name, module in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
         if name in names:
             if importlib.util.find_spec(module) is None:
-                raise ConfigError(f"trainer.args.report_to={name} needs the {module} package: pip install {module}")
+                from obliviate.errors import MissingDependencyError
+                from obliviate.extras import missing_message
+
+                raise MissingDependencyError(missing_message(module))
             if name == "wandb":
                 os.environ.setdefault("WANDB_MODE", "offline")
 

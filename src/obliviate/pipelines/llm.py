@@ -34,6 +34,7 @@ from obliviate.data.text import (
 )
 from obliviate.engine import SupervisedTrainer
 from obliviate.engine.guard import DivergenceGuard, make_guard_config
+from obliviate.engine.progress import progress_label
 from obliviate.engine.trainer import build_trainer
 from obliviate.errors import ConfigError, DataError
 from obliviate.distributed import write_json_main as write_json
@@ -143,18 +144,22 @@ def check_forget_retain(forget: QADataset, retain: QADataset | None) -> None:
         return
 
     def keys(ds: QADataset) -> list[str]:
+        if hasattr(ds, "overlap_keys"):  # raw text (PretrainingDataset / CompletionDataset): documents
+            return ds.overlap_keys()
         return [f"{r[ds.question_key][:60]!r} ({content_key({'question': r[ds.question_key], 'answer': r[ds.answer_key]})[:10]})" for r in ds.rows]
 
-    check_no_overlap(keys(forget), keys(retain), what="QA pair")
+    check_no_overlap(keys(forget), keys(retain), what="document" if hasattr(forget, "overlap_keys") else "QA pair")
 
 
 def make_collator(cfg: DictConfig, tokenizer: Any) -> DataCollatorForSupervisedDataset:
     """The configured collator (``collator=DataCollatorForSupervisedDataset``)."""
+    from obliviate.data.text.pretraining import COLLATORS  # + DataCollatorForPretraining (raw text: every token trained)
+
     node = cfg.get("collator") or {}
     name = node.get("name", "DataCollatorForSupervisedDataset")
-    if name != "DataCollatorForSupervisedDataset":
-        raise ConfigError(f"collator '{name}' is not available for the LLM track; use collator=DataCollatorForSupervisedDataset")
-    return DataCollatorForSupervisedDataset(tokenizer, **(_plain(node.get("collator_args")) or {}))
+    if name not in COLLATORS:
+        raise ConfigError(f"collator '{name}' is not available for the LLM track; use one of: {', '.join(COLLATORS)}")
+    return COLLATORS[name](tokenizer, **(_plain(node.get("collator_args")) or {}))
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -174,6 +179,13 @@ def answer_nll(model: nn.Module, dataset: QADataset, batch_size: int = 16) -> li
     return out
 
 
+def answer_probs(per_sample_nll: dict[str, list[float]]) -> dict[str, float]:
+    """Mean answer probability per dataset: the mean over sequences of ``exp(-mean answer NLL)``."""
+    import math
+
+    return {k: float(sum(math.exp(-x) for x in v) / len(v)) for k, v in per_sample_nll.items() if v}
+
+
 def measure(model: nn.Module, datasets: dict[str, QADataset | None], batch_size: int) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Mean and per-sequence answer NLL on each named dataset."""
     means, per = {}, {}
@@ -184,7 +196,7 @@ def measure(model: nn.Module, datasets: dict[str, QADataset | None], batch_size:
     return means, per
 
 
-def _args(args_cfg: Any, out_dir: Path, seed: int):
+def _args(args_cfg: Any, out_dir: Path, seed: int, n_train: int | None = None):
     raw = dict(_plain(args_cfg) or {})
     if not torch.cuda.is_available():
         for flag in ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval"):
@@ -194,7 +206,7 @@ def _args(args_cfg: Any, out_dir: Path, seed: int):
         if str(raw.get("optim", "")).startswith("paged_"):
             log.info("no GPU: optim %s -> adamw_torch", raw["optim"])
             raw["optim"] = "adamw_torch"
-    return training_arguments(raw, out_dir, seed)
+    return training_arguments(raw, out_dir, seed, n_train)
 
 
 def _data_info(ds: QADataset | None, value: Any) -> dict[str, Any] | None:
@@ -210,14 +222,26 @@ def check_sources(cfg: DictConfig, paths: dict[str, Any], run: Any = None) -> No
         value = cfg.data.get(key)
         if value is None:
             continue
-        _, spec = resolve_dataset_spec(value, paths)
+        name, spec = resolve_dataset_spec(value, paths)
         hf = spec["args"].get("hf_args") or {}
+        if hf.get("data_files") is not None:  # raw-text corpora given as files (WMDP)
+            if run is not None:
+                run.data_files[key] = str(hf["data_files"])
+            continue
+        if "path" in hf and hf["path"] in (None, "", "None"):
+            raise ConfigError(f"data.{key}={name} has no data path; set the paths.* key its config reads, e.g. paths.qa=DIR "
+                              "(a folder with forget.jsonl and retain.jsonl) or paths.tofu=DIR")
         path = str(hf.get("path", ""))
         if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
-            raise DataError(f"data directory '{path}' does not exist; pass paths.tofu=DIR (a folder of <split>.json files) or a hub id")
-        file = Path(path).expanduser() / f"{hf.get('name', '')}.json"
-        if run is not None:
-            run.data_files[key] = str(file) if file.is_file() else f"{path}:{hf.get('name')}"
+            where = ("paths.tofu=DIR (a folder of <split>.json files)" if spec["handler"].startswith("QA")
+                     else "paths.muse=DIR (a folder in the hub's layout)")  # raw text: MUSE
+            raise DataError(f"data directory '{path}' does not exist; pass {where} or a hub id")
+        names = hf.get("name") if isinstance(hf.get("name"), (list, tuple)) else [hf.get("name", "")]
+        for i, n in enumerate(names):
+            file = next((Path(path).expanduser() / f"{n}{ext}" for ext in (".json", ".jsonl")
+                         if (Path(path).expanduser() / f"{n}{ext}").is_file()), None)
+            if run is not None:
+                run.data_files[key if len(names) == 1 else f"{key}.{i}"] = str(file) if file is not None else f"{path}:{n}"
 
 
 # ----------------------------------------------------------------------------- train
@@ -227,7 +251,7 @@ def finetune(model: nn.Module, dataset: QADataset, collator: Any, args_cfg: Any,
     Returns:
         ``(seconds, log history)``.
     """
-    args = _args(args_cfg, out_dir, seed)
+    args = _args(args_cfg, out_dir, seed, len(dataset))
     trainer = SupervisedTrainer(model, args, CausalLMAdapter(), train_dataset=dataset, data_collator=collator)
     with timer() as t:
         trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir) if resume else None)
@@ -260,20 +284,23 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
     probes = {k: data[k] for k in SPLITS}
     result: dict[str, Any] = {"track": "llm", "command": "train", "status": "completed", "model": _plain(cfg.model.get("model_args")),
                               "data": {k: _data_info(data[k], cfg.data.get(k)) for k in ("full", *SPLITS)}, "stages": {}}
-    result["initial"] = {"nll": measure(model, probes, bs)[0]}
+    initial_means, initial_per = measure(model, probes, bs)
+    result["initial"] = {"nll": initial_means, "prob": answer_probs(initial_per)}
     for stage in stages:
         if stage != stages[0]:
             model, tokenizer = load_model(cfg)
         model = maybe_lora(model, cfg)
         train_ds = data["full" if stage == "target" else "retain"]
         log.info("training the %s model on %d QA pairs", stage, len(train_ds))
-        seconds, history = finetune(model, train_ds, collator, cfg.train.args, run_dir / "trainer" / stage, seed, bool(cfg.get("resume")))
+        with progress_label(f"train {stage}"):
+            seconds, history = finetune(model, train_ds, collator, cfg.train.args, run_dir / "trainer" / stage, seed, bool(cfg.get("resume")))
         means, per = measure(model, probes, bs)
         # eval=tofu: eval/<stage>/TOFU_EVAL.json (the retain model's is the retain_logs_path of forget quality)
         tofu = {ev.name: llm_eval.run_info(ev, llm_eval.evaluate(model, tokenizer, ev, run_dir / "eval" / stage)) for ev in evaluations}
         out_dir = save_model_dir(model, tokenizer, run_dir / stage, cfg)
         write_json(run_dir / "eval" / f"{stage}_nll.json", per)
-        result["stages"][stage] = {"dir": out_dir, "train_time_s": seconds, "n_train": len(train_ds), "nll": means, "log_history": history}
+        result["stages"][stage] = {"dir": out_dir, "train_time_s": seconds, "n_train": len(train_ds), "nll": means,
+                                   "prob": answer_probs(per), "log_history": history}
         if evaluations:
             result["stages"][stage]["eval"] = tofu
         del model
@@ -283,7 +310,7 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
             info = result["stages"]["target"]["eval"][evaluations[0].name]
             info["summary"] = llm_eval.headline(summary)
             info["warnings"] = [w for w in info["warnings"] if "forget_quality" not in w and "privleak" not in w]
-            info["retain_logs_path"] = str(run_dir / "eval" / "retain" / "TOFU_EVAL.json")
+            info["retain_logs_path"] = str(run_dir / "eval" / "retain" / llm_eval.eval_file(evaluations[0]))
     write_json(run_dir / "metrics.json", result)
     return result
 
@@ -331,7 +358,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         prune_callbacks = interleave_callbacks(cfg, model, forget, retain, collator, pruning)
     guard = DivergenceGuard(make_guard_config(cfg.get("divergence")))
     adapter = CausalLMAdapter()
-    with timer() as t:
+    with timer() as t, progress_label(f"unlearn {handler}"):
         if method is not None and getattr(method, "one_shot", False):
             takes_collate = "collate_fn" in inspect.signature(method.apply).parameters
             model = method.apply(model, forget, retain, adapter, seed, **({"collate_fn": collator} if takes_collate else {}))
@@ -341,7 +368,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         else:
             pairs = ForgetRetainDataset(forget, retain if getattr(owner, "needs_retain", True) else None,
                                         anchor=getattr(owner, "anchor", "forget"), seed=seed)
-            args = _args(cfg.trainer.args, run_dir / "trainer", seed)
+            args = _args(cfg.trainer.args, run_dir / "trainer", seed, len(pairs))
             extra = {"method": method} if method is not None else {"method_args": method_args}
             trainer = trainer_cls(model, args, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(collator), guard=guard,
                                   callbacks=[*callbacks, *prune_callbacks], **extra)
@@ -373,6 +400,8 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         "lora": _plain(cfg.get("lora")),
         "data": {k: _data_info(ds, cfg.data.get(k)) for k, ds in probes.items()},
         "nll": {"before": before, "after": after, "delta": {k: after[k] - before[k] for k in after}},
+        # mean answer probability exp(-NLL) of the forget / retain / eval sets (obliviate report / compare)
+        "prob": {"before": answer_probs(per_before), "after": answer_probs(per_after)},
         # mean answer NLL of the forget / retain sets at the start and end of unlearning
         **{f"{k}_loss_{when}": nll.get(k) for k in ("forget", "retain") for when, nll in (("start", before), ("end", after))},
         "unlearn_time_s": t["s"],

@@ -31,7 +31,7 @@ from obliviate.io import read_json
 
 log = logging.getLogger(__name__)
 
-EVALUATORS = ("TOFUEvaluator",)
+EVALUATORS = ("TOFUEvaluator", "MUSEEvaluator", "LMEvalEvaluator")  # the last two: obliviate.pipelines.llm_eval_bench
 SPLIT_NAMES = ("forget", "retain", "ra", "wf", "holdout")
 #: metrics.json / console headline keys (TOFU_SUMMARY keys), in display order.
 HEADLINE_KEYS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
@@ -80,12 +80,35 @@ def selected_evaluators(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _backend(ecfg: dict[str, Any]) -> Any:
+    """The MUSE / lm-eval backend of an evaluator config (``None`` for TOFU)."""
+    from obliviate.pipelines.llm_eval_bench import BACKENDS
+
+    return BACKENDS.get(str(ecfg.get("handler")))
+
+
 def _file(root: str, name: str) -> str:
     local = Path(str(root)).expanduser()
     for ext in (".json", ".jsonl"):
         if (local / f"{name}{ext}").is_file():
             return str(local / f"{name}{ext}")
     return f"{root}:{name}"
+
+
+def _optional_key(rows: list[dict[str, Any]], key: str | None, split: str) -> str | None:
+    """``key`` when every row has it, ``None`` when no row has it; a partial field is an error."""
+    from obliviate.errors import DataError
+
+    if not key:
+        return None
+    have = [key in r for r in rows]
+    if all(have):
+        return key
+    if any(have):
+        raise DataError(f"eval split '{split}': row {have.index(False) + 1} has no '{key}' but other rows do; "
+                        f"give it to every row or to none")
+    log.info("eval split %s has no '%s' field: the metrics that need it are skipped", split, key)
+    return None
 
 
 def load_eval_splits(ecfg: dict[str, Any], tokenizer: Any, template_args: dict[str, Any] | None,
@@ -95,6 +118,8 @@ def load_eval_splits(ecfg: dict[str, Any], tokenizer: Any, template_args: dict[s
     Each sample is ``{"input_ids", "labels", "answer", "index"}`` plus ``"paraphrased"`` /
     ``"perturbed"`` (tokenised alternative answers to the same question) when the split names
     a ``paraphrased_key`` / ``perturbed_key``. ``max_samples`` keeps the first rows of each split.
+    A split with ``if_present: true`` (your own QA files, ``eval=qa``) is skipped when its file
+    does not exist, and uses its paraphrased / perturbed answers only when every row has them.
 
     Returns:
         ``(splits, files)``.
@@ -120,6 +145,12 @@ def load_eval_splits(ecfg: dict[str, Any], tokenizer: Any, template_args: dict[s
             raise ConfigError(f"eval split '{split}' has no data path; set eval.{ecfg.get('_name', 'tofu')}.data_path")
         qk, ak = spec.get("question_key", qkey_default), spec.get("answer_key", "answer")
         pk, tk = spec.get("paraphrased_key"), spec.get("perturbed_key")
+        if spec.get("if_present"):
+            if _file(str(path), str(spec["name"])).startswith(f"{path}:"):
+                log.info("eval split %s: no %s/%s.jsonl, skipped", split, path, spec["name"])
+                continue
+            rows = load_qa_rows(str(path), str(spec["name"]), spec.get("split", "train"), {qk: str, ak: str})
+            pk, tk = (_optional_key(rows, k, split) for k in (pk, tk))
         required = {qk: str, ak: str, **({pk: str} if pk else {}), **({tk: list} if tk else {})}
         rows = load_qa_rows(str(path), str(spec["name"]), spec.get("split", "train"), required)
         if limit:
@@ -149,15 +180,25 @@ def prepare_evaluations(cfg: DictConfig, tokenizer: Any, paths: dict[str, Any]) 
     cache_dir = paths.get("cache_dir") if data.get("cache_tokenized", True) else None
     template_args = _plain(cfg.model.get("template_args")) or {}
     for name, ecfg in selected_evaluators(cfg).items():
-        splits, files = load_eval_splits({**ecfg, "_name": name}, tokenizer, template_args, cache_dir)
+        backend = _backend(ecfg)
+        loader = backend.load if backend is not None else load_eval_splits
+        splits, files = loader({**ecfg, "_name": name}, tokenizer, template_args, cache_dir)
         log.info("eval %s: %s", name, ", ".join(f"{k} {v}" for k, v in {k: len(s) for k, s in splits.items()}.items()))
         out.append(Evaluation(name, ecfg, splits, files))
     return out
 
 
+def eval_file(ev: Evaluation) -> str:
+    """The per-sample results file an evaluator writes (TOFU_EVAL.json, MUSE_EVAL.json, LMEval_EVAL.json)."""
+    return {"MUSEEvaluator": "MUSE_EVAL.json", "LMEvalEvaluator": "LMEval_EVAL.json"}.get(str(ev.cfg.get("handler")), "TOFU_EVAL.json")
+
+
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
     """The headline values of a TOFU summary (keys of :data:`HEADLINE_KEYS` that are present)."""
-    return {k: summary[k] for k in HEADLINE_KEYS if k in summary}
+    from obliviate.pipelines.llm_eval_bench import headline_keys
+
+    out = {k: summary[k] for k in HEADLINE_KEYS if k in summary}
+    return {**out, **{k: summary[k] for k in headline_keys(summary)}}  # MUSE / lm-eval keys
 
 
 def evaluate(model: nn.Module, tokenizer: Any, ev: Evaluation, out_dir: Path | None, *, retain_logs_path: Any = "config",
@@ -183,6 +224,9 @@ def evaluate(model: nn.Module, tokenizer: Any, ev: Evaluation, out_dir: Path | N
 
     c = ev.cfg
     logs = c.get("retain_logs_path") if retain_logs_path == "config" else retain_logs_path
+    backend = _backend(c)
+    if backend is not None:  # eval=muse / eval=lm_eval
+        return backend.evaluate(model, tokenizer, ev, out_dir, retain_logs_path=logs, generate=generate, write_eval=write_eval)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -222,7 +266,9 @@ def rescore_with_retain(eval_dir: Path, retain_dir: Path, privleak_ref_auc: floa
 
     mine, ref = Path(eval_dir) / EVAL_FILE, Path(retain_dir) / EVAL_FILE
     if not (mine.is_file() and ref.is_file()):
-        return None
+        from obliviate.pipelines.llm_eval_bench import MuseBackend
+
+        return MuseBackend.rescore(Path(eval_dir), Path(retain_dir), privleak_ref_auc)  # eval=muse (None without its files)
     results = read_json(mine)
     base = {k: v for k, v in results.items() if k not in ("forget_quality", "privleak", "model_utility")}
     with warnings.catch_warnings():
@@ -304,6 +350,7 @@ def run_eval(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]:
             run.data_files.update({f"eval.{ev.name}.{k}": v for k, v in ev.files.items()})
         out = evaluate(model, tokenizer, ev, run_dir)
         result["eval"][ev.name] = run_info(ev, out)
+        result.setdefault("eval_files", []).append(str(run_dir / eval_file(ev)))
         result.update(headline(out["summary"]))
     write_json_main(run_dir / "metrics.json", result)
     return result
@@ -326,7 +373,8 @@ def eval_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     """Console rows (metric, value) of an eval result."""
     rows = []
     for name, info in res.get("eval", {}).items():
-        rows.append({"metric": f"[{name}] samples", "value": ", ".join(f"{k} {v}" for k, v in info["n"].items())})
+        if info["n"]:  # lm_eval: the harness counts its own documents
+            rows.append({"metric": f"[{name}] samples", "value": ", ".join(f"{k} {v}" for k, v in info["n"].items())})
         rows += [{"metric": k, "value": v} for k, v in info["summary"].items()]
     return rows
 

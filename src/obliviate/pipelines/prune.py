@@ -30,6 +30,7 @@ from obliviate.checkpoint import load_model, load_state, save_model
 from obliviate.data import stack_collate
 from obliviate.data.vision import TensorImageDataset, VisionData
 from obliviate.engine import SupervisedTrainer
+from obliviate.engine.progress import progress_label
 from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json
 from obliviate.models.adapters import ClassifierAdapter
@@ -70,7 +71,7 @@ def train_masked(model: nn.Module, dataset: TensorImageDataset, args_cfg: Any, o
     raw = _plain(args_cfg)
     if epochs is not None:
         raw["num_train_epochs"] = epochs
-    args = training_arguments(raw, out_dir / "trainer", seed)
+    args = training_arguments(raw, out_dir / "trainer", seed, len(dataset))
     trainer = SupervisedTrainer(model, args, ClassifierAdapter(num_classes), train_dataset=dataset, data_collator=stack_collate,
                                 callbacks=list(callbacks))
     with timer() as t:
@@ -124,14 +125,20 @@ def prune_model(model: nn.Module, opts: dict[str, Any], cfg: DictConfig, data: V
             if PRUNERS.canonical(name) == "imp":
                 epochs = opts.get("retrain_epochs")
                 kwargs["rewind_state"] = rewind_state
-                kwargs["retrain"] = lambda m, i: train_masked(m, train_ds, args_cfg, out_dir / f"imp_round{i}", seed, data.num_classes,
-                                                              epochs=epochs)
+                rounds = int(opts.get("rounds", 3))
+
+                def retrain(m: nn.Module, i: int) -> float:
+                    with progress_label(f"IMP round {i}/{rounds}: retrain"):
+                        return train_masked(m, train_ds, args_cfg, out_dir / f"imp_round{i}", seed, data.num_classes, epochs=epochs)
+
+                kwargs["retrain"] = retrain
             result = pruner(model, **kwargs)
             masks = getattr(result, "masks", None) or {}
             info = dict(getattr(result, "info", {}) or {})
         ft = float(opts.get("finetune_epochs") or 0)
         if ft > 0:
-            train_masked(model, train_ds, args_cfg, out_dir / "finetune", seed, data.num_classes, epochs=ft)
+            with progress_label(f"{name}: fine-tune"):
+                train_masked(model, train_ds, args_cfg, out_dir / "finetune", seed, data.num_classes, epochs=ft)
             info["finetune_epochs"] = ft
     if masks:
         save_masks(masks, out_dir / "mask.safetensors")

@@ -11,15 +11,15 @@ writes ``<output_dir>/summary.json``.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig
 
+from obliviate.engine.progress import progress_label
 from obliviate.io import atomic_write_json
+from obliviate.run import Run
 from obliviate.pipelines import llm
 from obliviate.report.table import format_table
 
@@ -33,8 +33,8 @@ _DROPPED = ("track", "experiment", "quickstart", "paths.output_dir", "model.mode
 
 
 def answer_prob(nll: list[float]) -> float:
-    """Mean over samples of ``exp(-mean answer NLL)``."""
-    return float(sum(math.exp(-x) for x in nll) / len(nll))
+    """Mean over samples of ``exp(-mean answer NLL)`` (as :func:`obliviate.pipelines.llm.answer_probs`)."""
+    return llm.answer_probs({"x": list(nll)})["x"]
 
 
 def compose_unlearn(compose: Callable[..., DictConfig], method: str, overrides: list[str], extra: list[str]) -> DictConfig:
@@ -70,7 +70,8 @@ def run_quickstart_llm(cfg: DictConfig, run_dir: Path, compose_unlearn_run: Call
     retain = llm.load_split(cfg, "retain", tokenizer, paths=paths)
     llm.check_forget_retain(forget, retain)
     log.info("training the target model on %d QA pairs", len(full))
-    train_s, history = llm.finetune(model, full, llm.make_collator(cfg, tokenizer), cfg.train.args, run_dir / "trainer" / "target", seed)
+    with progress_label("train target"):
+        train_s, history = llm.finetune(model, full, llm.make_collator(cfg, tokenizer), cfg.train.args, run_dir / "trainer" / "target", seed)
     target_dir = llm.save_model_dir(model, tokenizer, run_dir / "target", cfg)
     del model
     rows: list[dict[str, Any]] = []
@@ -79,12 +80,15 @@ def run_quickstart_llm(cfg: DictConfig, run_dir: Path, compose_unlearn_run: Call
         out.mkdir(parents=True, exist_ok=True)
         sub = compose_unlearn_run(method, [f"model.model_args.pretrained_model_name_or_path={target_dir}", f"paths.output_dir={out}"])
         log.info("unlearning forget10 with %s", method)
-        res = llm.run_unlearning(sub, out)
-        per = {when: json.loads((out / "eval" / f"nll_{when}.json").read_text()) for when in ("before", "after")}
+        # a complete run dir per method (config.yaml, manifest.json, metrics.json, eval/, model/):
+        # `obliviate report` / `obliviate compare` read it like any `obliviate unlearn` run
+        with Run(out, sub, "unlearn", overwrite=bool(sub.get("overwrite")), resume=bool(sub.get("resume"))) as run:
+            res = llm.run_unlearning(sub, out, run=run)
+            run.status = res["status"]
         row: dict[str, Any] = {"method": method}
         for split in ("forget", "retain"):
             for when in ("before", "after"):
-                row[f"{split}_prob_{when}"] = answer_prob(per[when][split])
+                row[f"{split}_prob_{when}"] = res["prob"][when].get(split)
         row.update({k: res[k] for k in ("forget_loss_start", "forget_loss_end", "retain_loss_start", "retain_loss_end")})
         row.update({"status": res["status"], "time_s": res["unlearn_time_s"], "run_dir": str(out)})
         rows.append(row)

@@ -24,66 +24,23 @@ processes. ``sweep.n_trials`` is the total over all workers.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
 import os
-import subprocess
-import sys
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from obliviate.errors import ConfigError, ObliviateError
+from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json
+from obliviate.pipelines.study import PARAM_TYPES, as_overrides, file_lock, parse_space, quote, spawn_workers, storage, suggest
 
 log = logging.getLogger(__name__)
 
 LLM_OBJECTIVES = ("forget_quality", "model_utility")
-PARAM_TYPES = ("float", "int", "categorical")
-
-
-# ----------------------------------------------------------------------------- search space
-def parse_space(params: dict[str, Any] | DictConfig | None) -> dict[str, dict[str, Any]]:
-    """Validate a search space ``{dotted key: {type, low, high, log, step, choices}}``."""
-    raw = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params or {})
-    if not raw:
-        raise ConfigError("sweep.params is empty; choose a search space with sweep=<name> (configs/sweep/<name>.yaml)")
-    out = {}
-    for key, spec in raw.items():
-        if not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
-            raise ConfigError(f"sweep.params['{key}'] needs type: one of {', '.join(PARAM_TYPES)} (got {spec!r})")
-        if spec["type"] == "categorical" and not spec.get("choices"):
-            raise ConfigError(f"sweep.params['{key}'] (categorical) needs a non-empty choices list")
-        if spec["type"] != "categorical" and (spec.get("low") is None or spec.get("high") is None or spec["low"] > spec["high"]):
-            raise ConfigError(f"sweep.params['{key}'] needs numbers low <= high (got low={spec.get('low')}, high={spec.get('high')})")
-        out[str(key)] = spec
-    return out
-
-
-def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Sample one value per parameter from an Optuna trial."""
-    values: dict[str, Any] = {}
-    for key, s in space.items():
-        if s["type"] == "float":
-            values[key] = trial.suggest_float(key, float(s["low"]), float(s["high"]), log=bool(s.get("log", False)), step=s.get("step"))
-        elif s["type"] == "int":
-            values[key] = trial.suggest_int(key, int(s["low"]), int(s["high"]), log=bool(s.get("log", False)), step=int(s.get("step") or 1))
-        else:
-            values[key] = trial.suggest_categorical(key, list(s["choices"]))
-    return values
-
-
-def as_overrides(values: dict[str, Any]) -> list[str]:
-    """``{"a.b": 1e-4}`` -> ``["a.b=0.0001"]`` (Hydra override syntax)."""
-    out = []
-    for key, v in values.items():
-        text = "null" if v is None else str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, float) else str(v)
-        out.append(f"{key}={text}")
-    return out
+__all__ = ["PARAM_TYPES", "as_overrides", "parse_space", "run_sweep", "storage", "suggest"]
 
 
 # ----------------------------------------------------------------------------- study
@@ -108,16 +65,6 @@ def objective_values(metrics_dir: Path, track: str) -> list[float]:
     return [float(gap)]
 
 
-def storage(url: str) -> Any:
-    """An Optuna storage; SQLite gets a long lock timeout so several processes can share it."""
-    import optuna
-
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-    return url
-
-
 def load_study(cfg: DictConfig, track: str) -> Any:
     """Create or load the study named ``sweep.study_name`` in ``sweep.storage``."""
     import optuna
@@ -129,17 +76,6 @@ def load_study(cfg: DictConfig, track: str) -> Any:
     except ValueError as exc:
         raise ConfigError(f"study '{cfg.sweep.study_name}' in {cfg.sweep.storage} does not fit this sweep ({exc}); "
                           "choose another sweep.study_name") from None
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------- trials
@@ -163,7 +99,7 @@ def reference_overrides(cfg: DictConfig, compose: Compose, out_dir: Path) -> lis
     if str(job.model.get("track", "vision")) != "vision":
         return []
     ref_dir = out_dir / "references"
-    with _file_lock(out_dir / ".references.lock"):
+    with file_lock(out_dir / ".references.lock"):
         if not all((ref_dir / s / "model.safetensors").is_file() for s in ("original", "retrain")):
             from obliviate.pipelines import vision
             from obliviate.pipelines.common import forget_selection
@@ -231,31 +167,9 @@ def best_commands(study: Any, cfg: DictConfig) -> list[dict[str, Any]]:
     for t in best:
         args = [*(t.user_attrs.get("overrides") or [*base_overrides(cfg), *as_overrides(t.params)]),
                 f"paths.output_dir=outputs/sweep_best_{t.number}"]
-        cmd = "obliviate " + str(cfg.sweep.command) + " " + " ".join(_quote(a) for a in args)
+        cmd = "obliviate " + str(cfg.sweep.command) + " " + " ".join(quote(a) for a in args)
         out.append({"trial": t.number, "values": t.values, "params": t.params, "run_dir": t.user_attrs.get("run_dir"), "command": cmd})
     return out
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
-
-
-def spawn_workers(n: int, argv: list[str], out_dir: Path) -> None:
-    """Start ``n`` worker processes running the same sweep (``sweep.workers=1``) and wait."""
-    procs = []
-    for i in range(n):
-        logf = open(out_dir / f"worker_{i}.log", "w")  # noqa: SIM115 (closed below)
-        cmd = [sys.executable, "-m", "obliviate.cli", "sweep", *argv, "sweep.workers=1", "sweep.print_best=false"]
-        procs.append((subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
-    failed = []
-    for i, (proc, logf) in enumerate(procs):
-        if proc.wait() != 0:
-            failed.append(i)
-        logf.close()
-    if failed:
-        raise ObliviateError(f"sweep worker(s) {failed} failed; see {out_dir}/worker_<i>.log")
 
 
 def run_sweep(cfg: DictConfig, compose: Compose, user_argv: list[str]) -> dict[str, Any]:
@@ -266,7 +180,9 @@ def run_sweep(cfg: DictConfig, compose: Compose, user_argv: list[str]) -> dict[s
         compose: ``(config_name, overrides) -> cfg`` (Hydra's compose API).
         user_argv: The command line's overrides (re-used to start worker processes).
     """
-    import optuna
+    from obliviate.extras import require
+
+    optuna = require("optuna")
 
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +194,7 @@ def run_sweep(cfg: DictConfig, compose: Compose, user_argv: list[str]) -> dict[s
     n_trials, workers = int(cfg.sweep.n_trials), int(cfg.sweep.get("workers") or 1)
     if workers > 1:
         keep = [a for a in user_argv if not a.split("=", 1)[0].lstrip("+~").startswith(("sweep.workers", "sweep.print_best"))]
-        spawn_workers(workers, keep, out_dir)
+        spawn_workers("sweep", workers, keep, out_dir, ["sweep.workers=1", "sweep.print_best=false"])
     else:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.PRUNED,
                   optuna.trial.TrialState.FAIL)

@@ -22,9 +22,11 @@ from transformers import set_seed
 
 from obliviate.checkpoint import load_model, save_model
 from obliviate.data import DATASETS, ForgetRetainDataset, PairCollator, select_forget, stack_collate
+from obliviate.data.selection import class_indices
 from obliviate.data.vision import TensorImageDataset, VisionData
 from obliviate.distributed import is_main_process
 from obliviate.engine import SupervisedTrainer, build_trainer
+from obliviate.engine.progress import progress_label
 from obliviate.engine.guard import DivergenceGuard, make_guard_config
 from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_json, read_json
@@ -62,7 +64,7 @@ def split_forget(data: VisionData, selection: dict[str, Any], seed: int) -> Spli
     labels = data.train.labels.numpy()
     forget_idx, retain_idx = select_forget(labels, seed=seed, class_names=data.class_names, **selection)
     fc = selection.get("forget_class")
-    classes = [] if fc is None else ([int(fc)] if np.isscalar(fc) else [int(c) for c in fc])
+    classes = [] if fc is None else class_indices(fc, data.class_names)
     return Split(forget_idx, retain_idx, classes, data.train.subset(forget_idx), data.train.subset(retain_idx))
 
 
@@ -82,7 +84,7 @@ def train_classifier(model: nn.Module, dataset: TensorImageDataset, args_cfg: An
 
     With ``resume`` the latest ``out_dir/trainer/checkpoint-*`` (if any) is continued.
     """
-    args = training_arguments(args_cfg, out_dir / "trainer", seed)
+    args = training_arguments(args_cfg, out_dir / "trainer", seed, len(dataset))
     trainer = SupervisedTrainer(model, args, ClassifierAdapter(num_classes), train_dataset=dataset, data_collator=stack_collate)
     with timer() as t:
         trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir / "trainer") if resume else None)
@@ -92,7 +94,8 @@ def train_classifier(model: nn.Module, dataset: TensorImageDataset, args_cfg: An
 
 def unlearn(
     model: nn.Module, method_name: str, method_args: dict | None, split: Split, args_cfg: Any, out_dir: Path, seed: int, num_classes: int,
-    *, resume: bool = False, guard: DivergenceGuard | None = None, info: dict[str, Any] | None = None,
+    *, resume: bool = False, guard: DivergenceGuard | None = None, callbacks: list[Any] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, float, list[dict]]:
     """Run one registered method on ``model`` (in place). Returns (model, seconds, log history).
 
@@ -101,6 +104,8 @@ def unlearn(
             ``save_strategy`` steps/epoch in the trainer args).
         guard: Divergence guard; on divergence training stops and the last good weights
             are restored (see ``guard.report()``).
+        callbacks: Extra ``TrainerCallback``s (e.g. ``obliviate tune``'s intermediate
+            objective); ignored by one-shot methods.
         info: If given, filled with what the method reports about itself: ``warnings``
             (problems in effect, e.g. an update too small to matter) and ``method_stats``
             (e.g. what a one-shot method changed).
@@ -110,16 +115,16 @@ def unlearn(
     adapter = ClassifierAdapter(num_classes)
     forget = split.forget.with_augment(False)
     retain = split.retain
-    with timer() as t:
+    with timer() as t, progress_label(f"unlearn {method_name}"):
         if getattr(method, "one_shot", False):
             model = method.apply(model, forget, retain, adapter, seed)  # type: ignore[union-attr]
             history: list[dict] = []
         else:
             pairs = ForgetRetainDataset(forget, retain if spec.needs_retain else None, anchor=spec.anchor, seed=seed,
                                         retain_fraction=getattr(spec, "retain_fraction", 1.0))
-            args = training_arguments(args_cfg, out_dir / "trainer", seed)
+            args = training_arguments(args_cfg, out_dir / "trainer", seed, len(pairs))
             trainer = trainer_cls(model, args, method=method, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(),
-                                  guard=guard, **({"method_args": method_args} if method is None else {}))
+                                  guard=guard, callbacks=callbacks, **({"method_args": method_args} if method is None else {}))
             trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir / "trainer") if resume else None)
             history = trainer.state.log_history
             if guard is not None and guard.diverged:
@@ -212,7 +217,8 @@ def obtain_reference_models(cfg: DictConfig, data: VisionData, split: Split, run
             ds = data.train if stage == "original" else split.retain
             ds = ds.with_augment(data.augment_train)
             log.info("training the %s model on %d samples", stage, len(ds))
-            seconds = train_classifier(model, ds, cfg.train.args, run_dir / stage, seed, data.num_classes, resume=bool(cfg.get("resume")))
+            with progress_label(f"train {stage}"):
+                seconds = train_classifier(model, ds, cfg.train.args, run_dir / stage, seed, data.num_classes, resume=bool(cfg.get("resume")))
             if is_main_process():  # under accelerate/torchrun only rank 0 writes (obliviate.distributed)
                 save_model(model, run_dir / stage / "model.safetensors")
                 atomic_write_json(run_dir / stage / "train_info.json", {"seconds": seconds, "samples": len(ds)})

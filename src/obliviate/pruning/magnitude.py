@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from transformers import TrainerCallback
 from obliviate.errors import ConfigError
 from obliviate.pruning import PRUNERS
 from obliviate.pruning.masks import Masks, attach_masks, measure_sparsity, prunable_weights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -161,6 +164,8 @@ def imp(
         if rewind_state is not None:
             rewind(model, rewind_state)
         pruned = measure_sparsity(model, include_head=include_head, head_name=head_name).sparsity
+        log.info("IMP round %d/%d: pruned to %.1f%% sparsity%s%s", i, int(rounds), 100 * pruned,
+                 ", rewound" if rewind_state is not None else "", ", retraining" if retrain is not None else "")
         if retrain is not None:
             retrain(model, i)
         history.append({"round": i, "target": target, "sparsity_after_prune": pruned,

@@ -1,7 +1,9 @@
 """Matplotlib figures of run results, rendered to PNG bytes (Agg backend, no display needed).
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (never ``pyplot``), so no
-global backend state changes and nothing leaks between calls.
+global backend state changes and nothing leaks between calls. Every figure is at most three
+times as wide as it is tall (:data:`MAX_ASPECT`), so it stays readable in a report column;
+bar charts grow in height with the number of runs, never in width.
 """
 
 from __future__ import annotations
@@ -11,18 +13,24 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from obliviate.report.runs import LLM_KEYS, RunData
+from obliviate.extras import require
+from obliviate.report.runs import RunData
 
 # log_history keys that are bookkeeping, not curves
 _SKIP = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
 STAGE_COLORS = {"forget": "#d62728", "retain": "#1f77b4", "test": "#2ca02c"}
-VISION_BARS = (("UA", "UA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA"), ("avg_gap", "Avg. Gap"))
+ROLE_COLORS = {"run": "#4c72b0", "original": "#8c8c8c", "retrain": "#2ca02c"}
+MAX_ASPECT = 3.0
+#: Curves are drawn when a run logged at least this many points of one series; fewer are a table.
+MIN_CURVE_POINTS = 5
 
 
 def _figure(width: float, height: float) -> Any:
+    require("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    height = max(height, width / (MAX_ASPECT - 0.1))  # pixel rounding must not push it past 3:1
     fig = Figure(figsize=(width, height), dpi=96, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -56,70 +64,68 @@ def curve_series(log_history: Sequence[dict[str, Any]]) -> dict[str, tuple[list[
     return out
 
 
+def has_curves(run: RunData) -> bool:
+    """True when some logged series of the run has at least :data:`MIN_CURVE_POINTS` points."""
+    return any(len(xs) >= MIN_CURVE_POINTS for xs, _ in curve_series(run.log_history).values())
+
+
 def training_curves(run: RunData) -> bytes | None:
-    """Losses (left) and other logged values (right) over steps; ``None`` without a log."""
-    series = curve_series(run.log_history)
-    if not series:
+    """Losses (left) and other logged values (right) over steps; ``None`` when the run logged
+    fewer than :data:`MIN_CURVE_POINTS` points (the report shows its logged values as a table)."""
+    if not has_curves(run):
         return None
+    series = {k: v for k, v in curve_series(run.log_history).items() if len(v[0]) >= 2}
     losses = {k: v for k, v in series.items() if "loss" in k}
     others = {k: v for k, v in series.items() if "loss" not in k}
     panels = [(t, s) for t, s in (("losses", losses), ("other logged values", others)) if s]
-    fig = _figure(5.2 * len(panels), 3.4)
+    fig = _figure(4.2 * len(panels), 3.0)
     for i, (title, group) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, len(panels), i)
         for key, (xs, ys) in sorted(group.items()):
             ax.plot(xs, ys, marker="o" if len(xs) < 15 else None, ms=3, label=key)
         if title != "losses" and all(y > 0 for _, ys in group.values() for y in ys) and len(group) > 1:
             ax.set_yscale("log")
-        ax.set_title(f"{run.name}: {title}", fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        ax.set_title(f"{run.name}: {title}", fontsize=8)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
     return to_png(fig)
 
 
-def comparison_bars(runs: Sequence[RunData], track: str) -> bytes | None:
-    """Grouped bars of headline metrics, one bar per run (vision: plus the retrained model)."""
-    runs = [r for r in runs if r.track == track]
-    if not runs:
-        return None
-    metrics = VISION_BARS if track == "vision" else tuple((k, h) for k, h in LLM_KEYS if any(_finite(r.headline.get(k)) for r in runs))
-    if not metrics:
-        return None
-    labels = [r.name for r in runs]
-    values = [[r.headline.get(k) for k, _ in metrics] for r in runs]
-    if track == "vision":
-        retrain = next((row for r in runs for row in r.rows if row.get("method") == "retrain"), None)
-        if retrain is not None:
-            labels.append("retrain" if len({r.group for r in runs}) == 1 else "retrain (first)")
-            values.append([retrain.get(k) for k, _ in metrics])
-    if track == "vision":
-        fig = _figure(max(6.0, 1.1 * len(metrics) * (1 + 0.25 * len(labels))), 3.8)
-        axes = [fig.add_subplot(1, 1, 1)] * len(metrics)
-    else:
-        fig = _figure(3.0 * len(metrics), 3.4)
-        axes = [fig.add_subplot(1, len(metrics), i + 1) for i in range(len(metrics))]
-    width = 0.8 / len(labels)
-    for j, (key, header) in enumerate(metrics):
-        ax = axes[j]
-        for i, label in enumerate(labels):
-            v = values[i][j]
-            v = float(v) if _finite(v) else 0.0
-            x = (j if track == "vision" else 0) + (i - (len(labels) - 1) / 2) * width
-            ax.bar(x, v, width, color=f"C{i}", label=label if j == 0 else None)
-        if track != "vision":
-            ax.set_title(header, fontsize=9)
-            ax.set_xticks([])
-            ax.grid(axis="y", alpha=0.3)
-    if track == "vision":
-        ax = axes[0]
-        ax.set_xticks(range(len(metrics)), [h for _, h in metrics])
-        ax.set_ylabel("%")
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_title("unlearned models vs the retrained model (Avg. Gap: lower is better)", fontsize=9)
-        ax.legend(fontsize=7, ncols=min(4, len(labels)))
-    else:
-        fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncols=min(4, len(labels)))
+def metric_bars(entries: Sequence[tuple[str, float, str]], title: str, *, lower_is_better: bool = False, unit: str = "") -> bytes:
+    """One metric over many runs: horizontal bars, sorted (best first), reference models marked.
+
+    Args:
+        entries: ``(label, value, role)``; role ``"run"``, ``"original"`` or ``"retrain"``
+            (the reference models get their own colour, a "(original)" / "(retrain)" label,
+            and the retrained model's value is drawn as a dashed line across all bars).
+        title: The metric's name.
+        lower_is_better: Sort ascending (e.g. Avg. Gap) instead of descending.
+        unit: Axis label suffix (``%``).
+    """
+    rows = [(label, float(v), role) for label, v, role in entries if _finite(v)]
+    rows.sort(key=lambda r: r[1], reverse=not lower_is_better)
+    n = max(len(rows), 1)
+    fig = _figure(4.4, 0.75 + 0.2 * n)
+    ax = fig.add_subplot(1, 1, 1)
+    labels = [f"{label} ({role})" if role != "run" and role not in label else label for label, _, role in rows]
+    ys = list(range(len(rows)))
+    bars = ax.barh(ys, [v for _, v, _ in rows], color=[ROLE_COLORS.get(role, ROLE_COLORS["run"]) for _, _, role in rows], height=0.7)
+    ax.set_yticks(ys, labels, fontsize=7 if n <= 20 else 6)
+    ax.invert_yaxis()  # first (best) at the top
+    ax.bar_label(bars, fmt="%.3g", fontsize=6, padding=2)
+    retrain = next((v for _, v, role in rows if role == "retrain"), None)
+    if retrain is not None:
+        ax.axvline(retrain, color=ROLE_COLORS["retrain"], ls="--", lw=1)
+    hi = max([v for _, v, _ in rows] + [0.0])
+    lo = min([v for _, v, _ in rows] + [0.0])
+    ax.set_xlim(lo - 0.02 * (hi - lo or 1), hi + 0.18 * (hi - lo or 1))  # room for the value labels
+    ax.set_title(f"{title}{' (lower is better)' if lower_is_better else ''}", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    if unit:
+        ax.set_xlabel(unit, fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
     return to_png(fig)
 
 
@@ -129,16 +135,19 @@ def score_distributions(run: RunData, bins: int = 30) -> bytes | None:
     stages = [s for s in ("original", "unlearned", "retrain") if s in run.per_sample]
     if not stages:
         return None
-    fig = _figure(4.0 * len(stages), 3.2)
-    edges = [i / bins for i in range(bins + 1)]
+    import numpy as np
+
+    fig = _figure(3.0 * len(stages), 3.0)
     for i, stage in enumerate(stages, start=1):
         ax = fig.add_subplot(1, len(stages), i)
         for part in ("forget", "retain", "test"):
             conf = [float(c) for c in (run.per_sample[stage].get(part) or {}).get("confidence", []) if _finite(c)]
-            if conf:
-                ax.hist(conf, bins=edges, density=True, histtype="step", lw=1.6, color=STAGE_COLORS[part], label=f"{part} (n={len(conf)})")
+            if conf:  # np.histogram + stairs: the same step histogram as ax.hist, drawn faster
+                density, edges = np.histogram(conf, bins=bins, range=(0.0, 1.0), density=True)
+                ax.stairs(density, edges, lw=1.6, color=STAGE_COLORS[part], label=f"{part} (n={len(conf)})")
         ax.set_yscale("log")
-        ax.set_title(f"{stage}", fontsize=9)
-        ax.set_xlabel("true-class confidence")
-        ax.legend(fontsize=7)
+        ax.set_title(f"{stage}", fontsize=8)
+        ax.set_xlabel("true-class confidence", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
     return to_png(fig)

@@ -60,7 +60,7 @@ def test_trainer_configs_instantiate(rel, tmp_path):
     build_method(cfg.handler, method_args)
     args = OmegaConf.to_container(cfg.args, resolve=False)
     args = {k: v for k, v in args.items() if not (isinstance(v, str) and "${" in v)}
-    training_arguments(args, tmp_path, seed=0)
+    training_arguments(args, tmp_path, seed=0, n_train=100)
 
 
 def test_every_registered_method_has_a_trainer_yaml():

@@ -126,8 +126,8 @@ def test_training_callbacks_config(small_eval, tmp_path):
 
 
 def test_unknown_handler_is_rejected():
-    cfg = OmegaConf.create({"eval": {"x": {"handler": "MUSEEvaluator"}}})
-    with pytest.raises(ConfigError, match="TOFUEvaluator"):
+    cfg = OmegaConf.create({"eval": {"x": {"handler": "NopeEvaluator"}}})
+    with pytest.raises(ConfigError, match="TOFUEvaluator, MUSEEvaluator, LMEvalEvaluator"):
         llm_eval.selected_evaluators(cfg)
 
 

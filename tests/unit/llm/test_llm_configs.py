@@ -81,8 +81,18 @@ def test_dataset_configs_use_the_reference_layout(path):
     data = yaml.safe_load(path.read_text())
     assert list(data) == [path.stem], "the top-level key must equal the file name"
     spec = data[path.stem]
-    assert spec["handler"] in ("QADataset", "QAwithIdkDataset")
-    assert spec["args"]["hf_args"]["path"] == "${paths.tofu}" and spec["args"]["max_length"] == 512
+    hf = spec["args"]["hf_args"]
+    if path.stem.startswith(("TOFU_", "QA_")):
+        assert spec["handler"] in ("QADataset", "QAwithIdkDataset")
+        # TOFU configs read paths.tofu; the QA_* configs (your own QA files, experiment=llm/qa_jsonl) read paths.qa
+        assert hf["path"] == ("${paths.qa}" if path.stem.startswith("QA_") else "${paths.tofu}")
+        assert spec["args"]["max_length"] == 512
+    elif path.stem.startswith("MUSE_"):  # the reference's MUSE configs: raw text in 2048-token blocks, knowmem QA at 512
+        assert hf["path"] == "${paths.muse}" and spec["handler"] in ("PretrainingDataset", "CompletionDataset", "QADataset")
+        assert spec["args"]["max_length"] == (512 if spec["handler"] == "QADataset" else 2048)
+    else:  # WMDP corpora: the reference's `text` files under paths.wmdp, 512-token blocks
+        assert path.stem.startswith("WMDP_") and spec["handler"] == "PretrainingDataset"
+        assert hf["path"] == "text" and hf["data_files"].startswith("${paths.wmdp}/wmdp-corpora/") and spec["args"]["max_length"] == 512
 
 
 def test_collator_config():

@@ -10,11 +10,12 @@ from obliviate.data.text.tofu import TOFU_SCHEMAS, read_text_lines
 from obliviate.errors import ConfigError
 
 FILES = sorted(TOFU_SCHEMAS)
+EXTRA = [f"holdout{p}_perturbed" for p in ("01", "05", "10")]  # beyond TOFU's layout (obliviate tune's truth-ratio term)
 
 
 def test_layout_sizes_and_splits(tmp_path):
     out = write_synthetic_tofu(tmp_path / "syn", n_authors=20, qa_per_author=4, seed=0)
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{f}.json" for f in FILES] + ["idontknow.jsonl", "manifest.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{f}.json" for f in FILES + EXTRA] + ["idontknow.jsonl", "manifest.json"])
     rows = {f: load_qa_rows(str(out), f) for f in FILES}  # validates every TOFU schema
     full = rows["full"]
     assert len(full) == 80  # 20 authors x 4
@@ -26,6 +27,8 @@ def test_layout_sizes_and_splits(tmp_path):
         pert = rows[f"forget{pct}_perturbed"]
         assert [{"question": r["question"], "answer": r["answer"]} for r in pert] == full[-n:]
         assert len(rows[f"holdout{pct}"]) == n
+        hp = load_qa_rows(str(out), f"holdout{pct}_perturbed", required={"paraphrased_answer": str, "perturbed_answer": list})
+        assert [{"question": r["question"], "answer": r["answer"]} for r in hp] == rows[f"holdout{pct}"]
     assert [r["question"] for r in rows["retain_perturbed"]] == [r["question"] for r in full[:8]]
     for r in rows["forget10_perturbed"]:
         assert len(r["perturbed_answer"]) == 5 and len(set(r["perturbed_answer"])) == 5

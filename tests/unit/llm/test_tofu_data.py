@@ -49,10 +49,11 @@ def test_every_packaged_dataset_config_resolves_and_names_its_file(tmp_path):
                      "TOFU_QA_HOLDOUT01", "TOFU_QA_HOLDOUT05", "TOFU_QA_HOLDOUT10", "TOFU_QA_RA", "TOFU_QA_WF", "TOFU_QA_RA_PT",
                      "TOFU_QA_WF_PT", "TOFU_QA_FORGET10_IDK"):
         assert required in names
-    for n in names:
-        name, spec = resolve_dataset_spec(n, {"tofu": str(tmp_path)})
-        assert name == n and spec["handler"] in ("QADataset", "QAwithIdkDataset")
-        assert spec["args"]["hf_args"]["path"] == str(tmp_path)
+    for n in names:  # TOFU_* read paths.tofu, QA_* paths.qa, MUSE_* paths.muse, WMDP_* files under paths.wmdp
+        name, spec = resolve_dataset_spec(n, {"tofu": str(tmp_path), "qa": str(tmp_path), "muse": str(tmp_path), "wmdp": str(tmp_path)})
+        assert name == n and spec["handler"] in ("QADataset", "QAwithIdkDataset", "PretrainingDataset", "CompletionDataset")
+        hf = spec["args"]["hf_args"]
+        assert hf["path"] == str(tmp_path) or (n.startswith("WMDP_") and hf["data_files"].startswith(str(tmp_path)))
 
 
 def test_inline_and_reference_style_specs():

@@ -46,6 +46,15 @@ def tiny_llama(seed: int = 0) -> torch.nn.Module:
                                         num_key_value_heads=2, intermediate_size=64))
 
 
+def sharp_llama(seed: int = 0) -> torch.nn.Module:
+    """:func:`tiny_llama` with a scaled-up output head: peaked next-token distributions, so
+    per-token NLLs range from ~0 to tens of nats (token and per-sequence means differ)."""
+    model = tiny_llama(seed)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(25.0)
+    return model
+
+
 def make_item(prompt: list[int], answer: list[int]) -> dict[str, torch.Tensor]:
     ids = torch.tensor(prompt + answer)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([-100] * len(prompt) + answer)}

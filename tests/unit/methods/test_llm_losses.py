@@ -1,5 +1,8 @@
-"""Each LLM method's loss against an independent per-sequence implementation (float64 loops over
-unpadded sequences) on a tiny random 2-layer Llama, with padded batches."""
+"""Each LLM method's ``reduction="sequence"`` loss (obliviate's earlier default: per-sequence
+means, KL(p_θ || p_ref) on answer tokens) against an independent per-sequence implementation
+(float64 loops over unpadded sequences) on a tiny 2-layer Llama, with padded batches. The
+default ``reduction="token"`` is checked against ports of the reference framework in
+``test_reference_parity.py``."""
 
 from __future__ import annotations
 
@@ -12,17 +15,18 @@ from obliviate.engine.trainer import frozen_copy
 from obliviate.errors import ConfigError, DataError
 from obliviate.methods import build_method
 
-from .conftest import answer_rows, make_ctx, pair_batch, seq_logprob, seq_nll, tiny_llama
+from .conftest import answer_rows, make_ctx, pair_batch, seq_logprob, seq_nll, sharp_llama, tiny_llama
 
 
 @pytest.fixture
 def models():
-    """(model, ref): two different random models, so log-ratios are not zero."""
-    return tiny_llama(1), frozen_copy(tiny_llama(0))
+    """(model, ref): two different random models with peaked next-token distributions (per-token
+    NLLs far from uniform, so per-sequence and token means differ); log-ratios are not zero."""
+    return sharp_llama(1), frozen_copy(sharp_llama(0))
 
 
 def _loss(name, args, model, ref, extra_pad=2):
-    method = build_method(name, args)
+    method = build_method(name, {"reduction": "sequence", **args})
     ctx = make_ctx(method, model, ref if method.needs_reference else None)
     batch = pair_batch(extra_pad=extra_pad)
     loss, logs = method.loss(model, batch, ctx)
@@ -124,7 +128,8 @@ def test_wga_with_beta_zero_is_graddiff(models):
 def test_satimp(models):
     model, _ = models
     got, batch, _ = _loss("SatImp", {"beta1": 3.0, "beta2": 2.0}, model, None)
-    expected = -_token_weighted(model, batch, lambda p: p**3.0 * (1 - p) ** 2.0) + 0.1 * _retain_nll(model, batch)
+    # the reference framework's weights: forget gamma = 0.1, retain alpha = 1
+    expected = -0.1 * _token_weighted(model, batch, lambda p: p**3.0 * (1 - p) ** 2.0) + 1.0 * _retain_nll(model, batch)
     assert got == pytest.approx(expected, rel=1e-4)
 
 
@@ -189,6 +194,7 @@ def test_rmu(models, tokens):
     ("NPO", {"beta": 0.0}), ("NPO", {"retain_loss_type": "MSE"}), ("NPO", {"ref_cache": "never"}), ("SimNPO", {"beta": -1.0}),
     ("KL", {"max_kl": 0.0}), ("RMU", {"tokens": "some"}), ("RMU", {"param_regex": "("}), ("TaskVector", {"alpha": 0.0}),
     ("CEU", {"ignore_first_n_answer_tokens": -1}), ("IdkDPO", {"retain_loss_type": "EMBED_DIFF"}),
+    ("GradDiff", {"reduction": "mean"}), ("WGA", {"reduction": "batch"}), ("RMU", {"trainable": "mlp"}), ("UNDIAL", {"alpha": -1.0}),
 ])
 def test_bad_arguments_raise_config_error(name, args):
     with pytest.raises(ConfigError):
@@ -197,7 +203,8 @@ def test_bad_arguments_raise_config_error(name, args):
 
 def test_rmu_bad_layers_raise_config_error(models):
     _, ref = models
-    for args in ({"layer": 5}, {"layer": 0, "trainable_layers": [1]}, {"layer": 1, "param_regex": "nothing_matches"}):
+    for args in ({"layer": 5}, {"layer": 0, "trainable": "layers", "trainable_layers": [1]},
+                 {"layer": 1, "trainable": "layers", "param_regex": "nothing_matches"}):
         with pytest.raises(ConfigError):
             make_ctx(build_method("RMU", args), tiny_llama(1), ref)
 

@@ -60,15 +60,24 @@ def test_reweighted_ascent_by_hand_and_weights_detached():
     logp = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.1, 0.2, 0.3]])).requires_grad_()
     mask = torch.tensor([[True, True, False], [True, False, False]])
     w = L.wga_weights(logp, 1.0)
-    loss = L.reweighted_ascent_loss(logp, mask, w)
 
     def nll(p):
         return -math.log(p)
 
+    # token mean (the default): every answer token of the batch weighs the same
+    loss = L.reweighted_ascent_loss(logp, mask, w)
+    expected = -(0.5 * nll(0.5) + 0.25 * nll(0.25) + 0.1 * nll(0.1)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    # d/dlogp of −w·(−logp)/n with w detached = w/n, n = 3 answer tokens
+    assert logp.grad[0, 0].item() == pytest.approx(0.5 / 3, rel=1e-6)
+    assert logp.grad[0, 2].item() == 0.0
+    # per-sequence means, then the batch mean
+    logp.grad = None
+    loss = L.reweighted_ascent_loss(logp, mask, w, reduction="sequence")
     expected = -((0.5 * nll(0.5) + 0.25 * nll(0.25)) / 2 + 0.1 * nll(0.1)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
-    # d/dlogp of −w·(−logp)/n with w detached = w/n
     assert logp.grad[0, 0].item() == pytest.approx(0.5 / 2 / 2, rel=1e-6)
     assert logp.grad[0, 2].item() == 0.0
 

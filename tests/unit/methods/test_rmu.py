@@ -1,5 +1,6 @@
-"""RMU: only the chosen blocks' MLP weights train, on any HF decoder naming, with the forward
-stopped after the steered block."""
+"""RMU: every parameter trains by default (the reference framework's config), only the chosen
+blocks' MLP (or down-projection) weights with trainable=layers/wmdp, on any HF decoder naming,
+with the forward stopped after the steered block."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ LAYER_LISTS = {"llama": "model.layers", "gpt2": "transformer.h", "qwen2": "model
 def test_only_the_chosen_mlp_weights_change_during_training(tmp_path):
     model = tiny_llama(0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer_cls, method = build_trainer("RMU", {"layer": 1, "trainable_layers": [1], "steering_coeff": 5.0})
+    trainer_cls, method = build_trainer("RMU", {"layer": 1, "trainable": "layers", "trainable_layers": [1], "steering_coeff": 5.0})
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, learning_rate=1e-2, max_steps=3,
                              weight_decay=0.1, report_to="none", save_strategy="no", logging_strategy="no",
                              disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False)
@@ -57,15 +58,57 @@ def test_only_the_chosen_mlp_weights_change_during_training(tmp_path):
         assert p.requires_grad == (name in chosen)
 
 
-def test_default_trainable_layers_are_the_steered_block_and_two_below():
+def test_default_trains_every_parameter_and_only_those_below_the_steered_block_move(tmp_path):
+    """The reference framework's RMU.yaml: trainable_params_regex ['.*']. Blocks above ℓ and the
+    LM head get no gradient, so AdamW (even with weight decay) leaves them unchanged."""
+    model = tiny_llama(0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer_cls, method = build_trainer("RMU", {"layer": 0, "steering_coeff": 5.0})
+    assert method.cfg.trainable == "all"
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, learning_rate=1e-2, max_steps=2,
+                             weight_decay=0.1, report_to="none", save_strategy="no", logging_strategy="no",
+                             disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False)
+    trainer = trainer_cls(model, args, method=method, adapter=CausalLMAdapter(),
+                          train_dataset=ForgetRetainDataset(forget_items(), retain_items()), data_collator=PairCollator(pad_collate))
+    trainer.train()
+    assert set(method.trained_names) == set(before)
+    assert all(p.requires_grad for p in model.parameters())
+    for name, p in model.named_parameters():
+        below = name.startswith(("model.embed_tokens.", "model.layers.0."))
+        assert (not torch.equal(p.detach(), before[name])) == below, name
+
+
+def test_layers_mode_defaults_to_the_steered_block_and_two_below():
     model = _tiny("qwen2")
-    method = build_method("RMU", {"layer": 2})
+    method = build_method("RMU", {"layer": 2, "trainable": "layers"})
     make_ctx(method, model)
     layers = {n.split(".")[2] for n in method.trained_names}
     assert layers == {"0", "1", "2"} and all(".mlp." in n for n in method.trained_names)
-    method = build_method("RMU", {"layer": -2})
+    method = build_method("RMU", {"layer": -2, "trainable": "layers"})
     make_ctx(method, _tiny("qwen2"))
     assert method.layer_index == 1 and {n.split(".")[2] for n in method.trained_names} == {"0", "1"}
+
+
+@pytest.mark.parametrize(("arch", "name"), [("llama", "mlp.down_proj"), ("qwen2", "mlp.down_proj"), ("gpt2", "mlp.c_proj"),
+                                            ("phi3", "mlp.down_proj")])
+def test_wmdp_mode_trains_the_down_projection_of_three_blocks(arch, name):
+    """The WMDP authors' choice: model.layers.(ℓ-2..ℓ).mlp.down_proj.weight only."""
+    model = _tiny(arch)
+    last = model.config.num_hidden_layers - 1
+    method = build_method("RMU", {"layer": last, "trainable": "wmdp"})
+    make_ctx(method, model)
+    prefix = LAYER_LISTS[arch]
+    assert method.trained_names == [f"{prefix}.{i}.{name}.weight" for i in range(max(0, last - 2), last + 1)]
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(method.trained_names)
+
+
+def test_trainable_layers_without_layers_mode_is_a_config_error():
+    from obliviate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainable=layers"):
+        build_method("RMU", {"trainable_layers": [1]})
+    with pytest.raises(ConfigError):
+        build_method("RMU", {"trainable": "some"})
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "phi3"])
@@ -78,7 +121,7 @@ def test_layer_discovery_and_hook_on_any_decoder(arch):
     with torch.no_grad():
         hs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True).hidden_states
     assert torch.allclose(h, hs[1], atol=1e-5)
-    method = build_method("RMU", {"layer": 1, "trainable_layers": [1]})
+    method = build_method("RMU", {"layer": 1, "trainable": "layers", "trainable_layers": [1]})
     ctx = make_ctx(method, model)
     assert method.trained_names and all(n.startswith(f"{LAYER_LISTS[arch]}.1.") for n in method.trained_names)
     loss, _ = method.loss(model, pair_batch(), ctx)
@@ -133,7 +176,7 @@ def test_peft_model_trains_only_the_mlp_adapters_of_the_chosen_blocks():
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(tiny_llama(0), LoraConfig(r=4, target_modules=["down_proj", "q_proj"]))
-    method = build_method("RMU", {"layer": 1, "trainable_layers": [1]})
+    method = build_method("RMU", {"layer": 1, "trainable": "layers", "trainable_layers": [1]})
     ctx = make_ctx(method, model)
     assert method.trained_names == [f"base_model.model.model.layers.1.mlp.down_proj.lora_{x}.default.weight" for x in "AB"]
     loss, _ = method.loss(model, pair_batch(), ctx)

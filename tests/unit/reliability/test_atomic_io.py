@@ -46,3 +46,24 @@ def test_sigkill_during_writes_never_truncates(tmp_path):
     proc.wait()
     data = json.loads(target.read_text())  # always a complete document
     assert len(data["payload"]) == 200000
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_result_files_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = atomic_write_json(tmp_path / "metrics.json", {"v": 1})
+        # what open(path, "w") would give, not mkstemp's 0o600
+        with open(tmp_path / "plain.txt", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    mode = os.stat(path).st_mode & 0o777
+    assert mode == 0o666 & ~umask == os.stat(tmp_path / "plain.txt").st_mode & 0o777
+
+
+def test_replacing_a_file_keeps_its_mode(tmp_path):
+    path = atomic_write_json(tmp_path / "metrics.json", {"v": 1})
+    os.chmod(path, 0o640)
+    atomic_write_json(path, {"v": 2})
+    assert os.stat(path).st_mode & 0o777 == 0o640 and read_json(path) == {"v": 2}

@@ -1,4 +1,4 @@
-"""Text data for the LLM track: TOFU QA loading, tokenisation, collator, synthetic authors."""
+"""Text data for the LLM track: TOFU QA loading, tokenisation, collators, raw text (MUSE, WMDP), synthetic data."""
 
 from obliviate.data.text.qa import (
     IGNORE_INDEX,
@@ -8,6 +8,12 @@ from obliviate.data.text.qa import (
     build_text_dataset,
     encode_qa,
     encode_rows,
+)
+from obliviate.data.text.pretraining import (
+    COLLATORS,
+    CompletionDataset,
+    DataCollatorForPretraining,
+    PretrainingDataset,
 )
 from obliviate.data.text.tofu import (
     TOFU_HUB_ID,
@@ -21,7 +27,11 @@ from obliviate.data.text.tofu import (
 )
 
 __all__ = [
+    "COLLATORS",
+    "CompletionDataset",
+    "DataCollatorForPretraining",
     "IGNORE_INDEX",
+    "PretrainingDataset",
     "TOFU_HUB_ID",
     "TOFU_SCHEMAS",
     "DataCollatorForSupervisedDataset",

@@ -1,14 +1,16 @@
 """QA tokenisation (prompt masked, answer trained), QA datasets and the supervised collator.
 
 One QA pair becomes ``input_ids = prompt_ids + answer_ids`` with ``labels = [-100] *
-len(prompt_ids) + answer_ids``. The prompt and the answer are tokenised separately, so the
-prompt tokens are exactly those a model is given at generation time. With a chat template
-(when the tokenizer has one, unless ``template_args.apply_chat_template`` is false) the
-prompt is the rendered user turn plus the generation prompt, and the answer part is the rest
-of the rendered conversation (answer + end-of-turn tokens). Without one, the reference
-framework's tags are used (``user_start_tag`` + question + ``user_end_tag`` +
-``asst_start_tag``, after ``system_prompt_with_special_tokens``) and the answer ends with eos
-(as in the reference framework, ``asst_end_tag`` only closes few-shot turns).
+len(prompt_ids) + answer_ids`` (see :func:`encode_qa`: the reference framework's ids whenever
+the prompt's tokens are a prefix of the whole text's). With a chat template (when the
+tokenizer has one, unless ``template_args.apply_chat_template`` is false) the prompt is the
+rendered system + user turns plus the generation prompt (``system_prompt`` and
+``date_string`` passed to the template), and the answer part is the rest of the rendered
+conversation (answer + end-of-turn tokens). Without one, the reference framework's tags are
+used (``user_start_tag`` + question + ``user_end_tag`` + ``asst_start_tag``, after
+``system_prompt_with_special_tokens``). Either way the answer ends with eos (appended when the
+last token is not eos, as in the reference framework; ``asst_end_tag`` only closes few-shot
+turns).
 
 Tokenised datasets are cached in memory per process and, with a ``cache_dir``, on disk
 under ``<cache_dir>/tokenized/<key>.npz``; the key hashes the tokenizer, the template, the
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 IDK_KEY = "idk"  # same key as obliviate.methods._common.IDK_KEY
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2
 DEFAULT_TAGS = {"user_start_tag": "Question: ", "user_end_tag": "\n", "asst_start_tag": "Answer: ", "asst_end_tag": ""}
 _MEMORY_CACHE: dict[str, list[list[tuple[np.ndarray, np.ndarray]]]] = {}
 _MEMORY_CACHE_MAX = 64
@@ -70,29 +72,52 @@ def _chat_texts(tokenizer: Any, question: str, answer: str, targs: dict[str, Any
     return full[:cut], full[cut:]
 
 
+def _encode(tokenizer: Any, text: str, special: bool) -> list[int]:
+    """Token ids of ``text``; with ``special`` the tokenizer's special tokens (BOS) are added
+    unless the text already starts with the BOS token (a tag that holds it)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add = special and not (bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=add)["input_ids"])
+
+
 def encode_qa(tokenizer: Any, question: str, answer: str, template_args: dict[str, Any] | None = None,
               max_length: int | None = 512) -> tuple[list[int], list[int]]:
-    """Tokenise one QA pair for training.
+    """Tokenise one QA pair for training, as the reference framework's ``preprocess_chat_instance``.
+
+    The whole text (prompt + answer) and the prompt are tokenised; when the prompt's tokens
+    are a prefix of the whole text's (the usual case), ``input_ids`` are the whole text's and
+    the prompt positions get label ``-100`` — exactly the reference's ids and labels. When
+    they are not (a token spans the border, e.g. a prompt ending in ``"Answer: "``), prompt
+    and answer are tokenised separately instead, so the prompt tokens stay those a model is
+    given at generation time and no answer token is lost to the prompt (the reference masks
+    it). Rendered chat templates are tokenised without special tokens (the template holds
+    them, as the reference's ``apply_chat_template``); tag prompts with them, unless the text
+    already starts with the BOS token (never two BOS). Eos is appended when the last token is
+    not eos (as the reference).
 
     Returns:
         ``(input_ids, labels)``; ``labels`` is ``-100`` on prompt tokens and the token id on
         answer tokens (including the end-of-turn/eos tokens that close the answer).
     """
     targs = dict(template_args or {})
-    if uses_chat_template(tokenizer, targs):
+    chat = uses_chat_template(tokenizer, targs)
+    if chat:
         prompt_text, answer_text = _chat_texts(tokenizer, question, answer, targs)
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
     else:
         tags = {k: (targs.get(k) if targs.get(k) is not None else v) for k, v in DEFAULT_TAGS.items()}
         prompt_text = (targs.get("system_prompt_with_special_tokens") or "") + tags["user_start_tag"] + question + tags["user_end_tag"] + tags["asst_start_tag"]
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        eos = tokenizer.eos_token_id
-        if eos is not None and (not answer_ids or answer_ids[-1] != eos):
-            answer_ids = [*answer_ids, eos]
-    ids = list(prompt_ids) + list(answer_ids)
-    labels = [IGNORE_INDEX] * len(prompt_ids) + list(answer_ids)
+        answer_text = answer
+    prompt_ids = _encode(tokenizer, prompt_text, special=not chat)
+    full_ids = _encode(tokenizer, prompt_text + answer_text, special=not chat)
+    if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
+        answer_ids = full_ids[len(prompt_ids):]
+    else:
+        answer_ids = list(tokenizer(answer_text, add_special_tokens=False)["input_ids"])
+    eos = tokenizer.eos_token_id
+    if eos is not None and (not answer_ids or answer_ids[-1] != eos):
+        answer_ids = [*answer_ids, eos]
+    ids = prompt_ids + answer_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
     if max_length is not None and len(ids) > int(max_length):
         ids, labels = ids[: int(max_length)], labels[: int(max_length)]
     return ids, labels
@@ -200,7 +225,8 @@ class QADataset(Dataset):
     """Tokenised question/answer pairs (TOFU and any QA data with the same layout).
 
     Args:
-        hf_args: ``{path, name, split}`` (hub id or local directory of ``<name>.json``).
+        hf_args: ``{path, name, split}`` (hub id or local directory of ``<name>.json`` /
+            ``<name>.jsonl``); a list of names concatenates those files (e.g. forget + retain).
         tokenizer: The model's tokenizer.
         template_args: The model config's ``template_args``.
         question_key, answer_key: Fields holding the question and the answer (a list-valued
@@ -221,8 +247,12 @@ class QADataset(Dataset):
             hf = dict(hf_args or {})
             if "path" not in hf or "name" not in hf:
                 raise ConfigError(f"dataset {name}: hf_args needs 'path' and 'name' (got {sorted(hf)})")
-            rows = load_qa_rows(hf["path"], hf["name"], hf.get("split", "train"), {question_key: str})
-            source = f"{hf['path']}/{hf['name']}"
+            if hf["path"] in (None, "", "None"):
+                raise ConfigError(f"dataset {name} has no data path (hf_args.path); set the paths.* key its config reads, "
+                                  "e.g. paths.qa=DIR for your own QA files")
+            names = list(hf["name"]) if isinstance(hf["name"], (list, tuple)) else [hf["name"]]
+            rows = [r for n in names for r in load_qa_rows(hf["path"], n, hf.get("split", "train"), {question_key: str})]
+            source = f"{hf['path']}/{'+'.join(map(str, names))}"
         else:
             validate_rows(rows, {question_key: str}, name)
         _check_answers(rows, answer_key, source)

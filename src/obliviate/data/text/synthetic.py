@@ -4,7 +4,9 @@
 ``<split>.json`` files exactly like the hub's TOFU: ``full``, ``forget01/05/10`` (the tail
 authors of ``full``), ``retain99/95/90`` (the head), ``forgetXX_perturbed`` and
 ``retain_perturbed`` (``paraphrased_answer``, ``paraphrased_question`` and five
-``perturbed_answer``), ``holdout01/05/10`` (further authors not in ``full``),
+``perturbed_answer``), ``holdout01/05/10`` (further authors not in ``full``; beyond TOFU's
+layout, ``holdoutXX_perturbed`` holds their paraphrased and perturbed answers too, which
+``obliviate tune``'s truth-ratio term uses),
 ``real_authors`` / ``world_facts`` (+ ``_perturbed`` with three wrong answers) and
 ``idontknow.jsonl`` (plain refusal lines). The output is a pure function of the arguments.
 """
@@ -132,6 +134,7 @@ def synthetic_tofu(n_authors: int = 20, qa_per_author: int = 4, seed: int = 0) -
         files[f"retain{100 - int(p)}"] = qa(rich[:cut])
         files[f"forget{p}_perturbed"] = rich[cut:]
         files[f"holdout{p}"] = qa(rich_holdout[: n_forget[p] * qa_per_author])
+        files[f"holdout{p}_perturbed"] = rich_holdout[: n_forget[p] * qa_per_author]
     files["retain_perturbed"] = rich[: n_forget["10"] * qa_per_author]
     for stem, facts, question in (("real_authors", REAL_AUTHORS, "Who wrote '{}'?"), ("world_facts", WORLD_FACTS, "What is the capital of {}?")):
         answers = [ans for _, ans in facts]
@@ -148,7 +151,7 @@ def synthetic_tofu(n_authors: int = 20, qa_per_author: int = 4, seed: int = 0) -
 
 
 def _params(n_authors: int, qa_per_author: int, seed: int) -> dict[str, int]:
-    return {"n_authors": int(n_authors), "qa_per_author": int(qa_per_author), "seed": int(seed), "version": 1}
+    return {"n_authors": int(n_authors), "qa_per_author": int(qa_per_author), "seed": int(seed), "version": 2}
 
 
 def write_synthetic_tofu(out_dir: str | Path, n_authors: int = 20, qa_per_author: int = 4, seed: int = 0) -> Path:

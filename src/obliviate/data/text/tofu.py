@@ -130,6 +130,10 @@ def load_qa_rows(path: str, name: str, split: str = "train", required: dict[str,
     local = Path(str(path)).expanduser()
     if local.is_dir():
         file = next((local / f"{name}{ext}" for ext in (".json", ".jsonl") if (local / f"{name}{ext}").is_file()), None)
+        if file is None and (local / name).is_dir():  # MUSE's layout: <path>/<subset>/<split>.json|-*.parquet (knowmem QA)
+            from obliviate.data.text.rawtext import load_rows
+
+            return load_rows({"path": str(local), "name": name, "split": split}, fields, what=f"{local}/{name}")[0]
         if file is None:
             have = sorted(p.stem for p in local.glob("*.json"))
             close = difflib.get_close_matches(name, have, n=3)
@@ -177,6 +181,15 @@ def load_idk_answers(path: str | Path | None) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- dataset configs
+def _container(node: DictConfig) -> Any:
+    """An inline dataset block as plain data: resolved in its config (``${forget_split}``,
+    ``${paths.muse}`` of an experiment), or unresolved when it is detached from one."""
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(node, resolve=False)
+
+
 def available_datasets() -> list[str]:
     """Names of the packaged dataset configs."""
     return sorted(p.stem for p in DATASET_CONFIG_DIR.glob("*.yaml"))
@@ -205,7 +218,7 @@ def resolve_dataset_spec(value: str | dict | DictConfig, paths: dict | DictConfi
                 raise UnknownNameError(f"unknown dataset '{value}'.{hint} Packaged datasets: {', '.join(names)}")
         node: Any = OmegaConf.load(file)
     else:
-        node = OmegaConf.create(OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig) else value)
+        node = OmegaConf.create(_container(value) if isinstance(value, DictConfig) else value)
     root = OmegaConf.merge(OmegaConf.create({"paths": paths or {}}), {"_ds": node})
     try:
         spec = OmegaConf.to_container(root, resolve=True)["_ds"]
