@@ -41,7 +41,7 @@ def muse_train(work):
     run("train", "experiment=unlearn/muse/default", *TINY, "model.model_args.pretrained_model_name_or_path=null", f"paths.muse={muse}",
         f"paths.output_dir={out}", *BLOCKS, "data.full.MUSE_train.args.max_length=128", "train.args.learning_rate=3e-3",
         "train.args.num_train_epochs=15", "train.args.gradient_accumulation_steps=1", "train.args.per_device_train_batch_size=8",
-        "train.args.lr_scheduler_type=constant", "train.args.warmup_steps=0", *FAST_EVAL, cwd=root)
+        "train.args.lr_scheduler_type=constant", "train.args.warmup_epochs=0", *FAST_EVAL, cwd=root)
     return out
 
 
