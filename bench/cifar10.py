@@ -239,6 +239,10 @@ def main() -> None:
                           f"dθ {row['dtheta']:.3g} sparsity {row['sparsity']:.3f} (wall {total:.1f}s)", flush=True)
                     for w in row["warnings"]:
                         print(f"    WARNING {m}: {w}", flush=True)
+                    # keep every finished row (a cut run loses nothing; --resume continues it)
+                    report["settings"][setting]["tables"][sparsity] = {"rows": rows, "table": None, "partial": True}
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
                 rows.append({"method": "retrain", **rm, "avg_gap": 0.0, "rte_s": retrain_time, "rte_ratio": 1.0 if retrain_time else None})
                 table = format_table([table_row(r) for r in rows], COLUMNS)
                 title = f"{setting} ({'dense' if sparsity == 'dense' else f'OMP {args.omp_rate:g}'}): forget {len(split.forget_idx)} of {len(data.train)} training images"
