@@ -240,7 +240,7 @@ def main() -> None:
                     for w in row["warnings"]:
                         print(f"    WARNING {m}: {w}", flush=True)
                     # keep every finished row (a cut run loses nothing; --resume continues it)
-                    report["settings"][setting]["tables"][sparsity] = {"rows": rows, "table": None, "partial": True}
+                    report["settings"][setting]["tables"][sparsity] = {"rows": rows, "table": None, "partial": True, "retrain": {**rm, "rte_s": retrain_time}}
                     out.mkdir(parents=True, exist_ok=True)
                     (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
                 rows.append({"method": "retrain", **rm, "avg_gap": 0.0, "rte_s": retrain_time, "rte_ratio": 1.0 if retrain_time else None})
