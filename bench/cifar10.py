@@ -219,7 +219,9 @@ def main() -> None:
                         from obliviate.models.lora import apply_lora
 
                         model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha)
-                    model, seconds, history = vision.unlearn(model, m, margs, split, mcfg.trainer.args, sdir / sparsity / m, args.seed, data.num_classes)
+                    info: dict = {}
+                    model, seconds, history = vision.unlearn(model, m, margs, split, mcfg.trainer.args, sdir / sparsity / m, args.seed, data.num_classes,
+                                                             info=info)
                     if m == "LoRAUnlearner":
                         model = model.merge_and_unload()
                     if masks:
@@ -229,11 +231,18 @@ def main() -> None:
                     row = {"method": m, **metrics, "avg_gap": avg_gap(metrics, rm, GAP_KEYS), "rte_s": seconds,
                            "rte_ratio": seconds / retrain_time if retrain_time else None, "dtheta": relative_change(start_model, model),
                            "sparsity": measure_sparsity(model).sparsity, "method_args": margs,
-                           "trainer_args": OmegaConf.to_container(mcfg.trainer.args, resolve=True)}
+                           "trainer_args": OmegaConf.to_container(mcfg.trainer.args, resolve=True),
+                           "warnings": info.get("warnings", []), "method_stats": info.get("method_stats", {})}
                     rows.append(row)
                     print(f"  [{setting}/{sparsity}] {m:<14} UA {row['UA']:6.2f} RA {row['RA']:6.2f} TA {row['TA']:6.2f} MIA {row['MIA']:6.2f} "
                           f"gap {row['avg_gap']:6.2f} RTE {seconds:7.1f}s ({row['rte_ratio'] or float('nan'):.3f}x retrain) "
                           f"dθ {row['dtheta']:.3g} sparsity {row['sparsity']:.3f} (wall {total:.1f}s)", flush=True)
+                    for w in row["warnings"]:
+                        print(f"    WARNING {m}: {w}", flush=True)
+                    # keep every finished row (a cut run loses nothing; --resume continues it)
+                    report["settings"][setting]["tables"][sparsity] = {"rows": rows, "table": None, "partial": True, "retrain": {**rm, "rte_s": retrain_time}}
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
                 rows.append({"method": "retrain", **rm, "avg_gap": 0.0, "rte_s": retrain_time, "rte_ratio": 1.0 if retrain_time else None})
                 table = format_table([table_row(r) for r in rows], COLUMNS)
                 title = f"{setting} ({'dense' if sparsity == 'dense' else f'OMP {args.omp_rate:g}'}): forget {len(split.forget_idx)} of {len(data.train)} training images"

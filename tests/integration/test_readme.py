@@ -61,7 +61,7 @@ def test_readme_commands_in_order(tmp_path):
             Path(os.environ["README_TIMES"]).write_text(json.dumps({"times": times, "skipped": skipped}, indent=1))
     # the folders the README's later commands refer to were created by the earlier ones
     out = tmp_path / "outputs"
-    for name in ("quickstart-digits", "unlearn-GA-digits-class9", "train-digits-class9", "unlearn-RL-digits-class9",
+    for name in ("quickstart-digits", "unlearn-SCRUB-digits-class9", "train-digits-class9", "unlearn-RL-digits-class9",
                  "quickstart-llm", "train-synthetic-TOFU_QA_FORGET10", "sweep-digits_GA"):
         assert (out / name).is_dir(), name
     assert (tmp_path / "report.html").is_file() and (tmp_path / "compare.csv").is_file()

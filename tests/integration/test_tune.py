@@ -18,7 +18,10 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 OBLIVIATE = shutil.which("obliviate", path=str(Path(sys.executable).parent)) or "obliviate"
+# GA's digits preset (lr 1e-2) is tuned on the demo's memorising original; on this 3-epoch
+# original it can diverge, and this test is about the search, so the preset's lr is pinned low
 FAST_VISION = ["trainer=GA", "forget_class=9", "train.args.num_train_epochs=3", "tune.pruner=none",
+               "presets.GA.args.learning_rate=1e-3",
                "+tune.params={trainer.args.num_train_epochs: {type: int, low: 1, high: 2}}"]
 TRIAL_KEYS = {"params", "value", "state", "seconds"}
 

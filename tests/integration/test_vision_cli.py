@@ -22,9 +22,10 @@ def run(*args, cwd, check=True):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Original + retrained models for class-9 forgetting, trained once through `obliviate train`."""
+    """Original + retrained models for class-9 forgetting, trained once through `obliviate train`
+    (the demo's recipe: 100 epochs on 10 images per class, a few seconds)."""
     out = tmp_path_factory.mktemp("train")
-    run("train", "experiment=vision/digits", "forget_class=9", f"paths.output_dir={out}", "train.args.num_train_epochs=15", cwd=out)
+    run("train", "experiment=vision/digits", "forget_class=9", f"paths.output_dir={out}", cwd=out)
     return out
 
 
@@ -38,8 +39,9 @@ def test_train_writes_both_models_and_metrics(trained):
     assert metrics["original"]["TA"] > 90 and "TA_forget_class" in metrics["original"]
 
 
-@pytest.mark.parametrize("method", ["GA", "RL"])
-def test_ga_and_rl_forget_class_9_and_keep_retain(trained, tmp_path, method):
+# GA at the demo's preset is tuned for random forgetting and collapses class-wise (docs/vision.md)
+@pytest.mark.parametrize("method", ["SCRUB", "RL"])
+def test_scrub_and_rl_forget_class_9_and_keep_retain(trained, tmp_path, method):
     out = tmp_path / method
     run("unlearn", "experiment=vision/digits", f"trainer={method}", "forget_class=9", f"paths.output_dir={out}",
         f"original_checkpoint={trained / 'original' / 'model.safetensors'}", f"retrain_checkpoint={trained / 'retrain'}", cwd=tmp_path)

@@ -135,6 +135,24 @@ class UnlearningTrainer(Trainer):
         if hasattr(self.train_dataset, "set_epoch"):
             self.add_callback(_EpochToDataset(self.train_dataset))
 
+    def get_train_dataloader(self):
+        """The pairs go through HF's sampler; a dataset that walks *passes* (a
+        ``batch_sampler`` method, see :class:`~obliviate.data.pairing.ForgetRetainDataset`)
+        supplies its own batches (one side per batch), prepared by accelerate as usual."""
+        make = getattr(self.train_dataset, "batch_sampler", None)
+        if make is None or getattr(self.train_dataset, "anchor", None) != "passes":
+            return super().get_train_dataloader()
+        from functools import partial
+
+        from torch.utils.data import DataLoader
+        from transformers.trainer_utils import seed_worker
+
+        args = self.args
+        loader = DataLoader(self.train_dataset, batch_sampler=make(self._train_batch_size, max(1, int(args.world_size))), collate_fn=self.data_collator,
+                            num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory,
+                            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index))
+        return self.accelerator.prepare(loader)
+
     @property
     def ref_model(self) -> nn.Module | None:
         """The frozen reference model, read through ``ctx`` (a method may release it)."""

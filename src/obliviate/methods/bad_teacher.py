@@ -1,13 +1,21 @@
 """BadTeacher (Chundawat et al. 2023): distil from an incompetent teacher on forget.
 
-The student (the model being unlearned) matches two frozen teachers::
+The student (the model being unlearned) matches two frozen teachers: a randomly initialised
+copy of the architecture (every module's ``reset_parameters``, seeded) on forget samples,
+the original model (the reference, ``needs_reference``) on retain samples. As the reference
+``blindspot_unlearner`` (vikram2000b/bad-teaching-unlearning ``unlearn.py``) an epoch is
+one shuffled pass over the forget set together with a random ``retain_fraction`` (30%) of
+the retain set, drawn once (``pairing="mixed"``); a batch holds both kinds of samples in
+varying numbers and the loss is the per-sample KL to each sample's teacher, averaged over
+the batch::
 
-    loss = mean_f KL_T(p_bad || p_student) + retain_weight · mean_r KL_T(p_orig || p_student)
+    loss = (Σ_forget KL_T(p_bad || p_student) + retain_weight · Σ_retain KL_T(p_orig || p_student)) / batch size
 
-``p_orig`` is the original model (the reference, ``needs_reference``) and ``p_bad`` a
-randomly initialised copy of the same architecture (every module's ``reset_parameters``,
-seeded). ``KL_T`` compares temperature-T softmaxes (the reference code's
-``KL_temperature``, default 1) and is not rescaled by T².
+The reference's ``F.kl_div(..., reduction="mean")`` also divides by the number of classes (a
+constant factor, immaterial with its Adam optimizer); it has no ``retain_weight`` (1 here).
+``pairing="pairs"`` takes forget batches paired with sampled retain batches instead (the
+epoch is one forget pass) and averages each side separately. ``KL_T`` compares
+temperature-T softmaxes (the reference's ``KL_temperature``, default 1), not rescaled by T².
 """
 
 from __future__ import annotations
@@ -32,11 +40,16 @@ class BadTeacherConfig:
         temperature: Softmax temperature of both teachers and the student.
         retain_weight: Weight of the retain (competent teacher) term.
         teacher_seed: Seed of the incompetent teacher's random initialisation.
+        pairing: "mixed" (the reference: forget ∪ a ``retain_fraction`` of retain, shuffled
+            together) or "pairs" (forget batches paired with sampled retain batches).
+        retain_fraction: Share of the retain set in a "mixed" epoch (the reference: 0.3).
     """
 
     temperature: float = 1.0
     retain_weight: float = 1.0
     teacher_seed: int = 0
+    pairing: str = "mixed"
+    retain_fraction: float = 0.3
 
 
 def random_teacher(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -65,6 +78,11 @@ class BadTeacher(UnlearningMethod):
         super().__init__(config)
         if self.cfg.temperature <= 0 or self.cfg.retain_weight < 0:
             raise ConfigError(f"BadTeacher needs temperature > 0 and retain_weight >= 0; got {self.cfg.temperature}, {self.cfg.retain_weight}")
+        if self.cfg.pairing not in ("mixed", "pairs") or not 0 < self.cfg.retain_fraction <= 1:
+            raise ConfigError(f"BadTeacher needs pairing 'mixed' or 'pairs' and retain_fraction in (0, 1]; got {self.cfg.pairing!r}, "
+                              f"{self.cfg.retain_fraction}")
+        self.anchor = "mixed" if self.cfg.pairing == "mixed" else "forget"
+        self.retain_fraction = self.cfg.retain_fraction
         self.bad_teacher: nn.Module | None = None
 
     def setup(self, model, ctx):
@@ -74,11 +92,21 @@ class BadTeacher(UnlearningMethod):
 
     def loss(self, model, batch, ctx):
         T = self.cfg.temperature
-        forget, retain = batch["forget"], batch["retain"]
-        with torch.no_grad():
-            bad_logits = ctx.adapter.logits(self.bad_teacher, forget)
-            good_logits = ctx.adapter.logits(ctx.ref_model, retain)
-        kl_f = kl_from_logits(bad_logits / T, ctx.adapter.logits(model, forget) / T).mean()
-        kl_r = kl_from_logits(good_logits / T, ctx.adapter.logits(model, retain) / T).mean()
-        loss = kl_f + self.cfg.retain_weight * kl_r
-        return loss, {"forget_kl_bad": kl_f.item(), "retain_kl_orig": kl_r.item()}
+        kl, logs = {}, {}
+        for side, teacher in (("forget", self.bad_teacher), ("retain", ctx.ref_model)):
+            if side in batch:
+                with torch.no_grad():
+                    target = ctx.adapter.logits(teacher, batch[side])
+                kl[side] = kl_from_logits(target / T, ctx.adapter.logits(model, batch[side]) / T)  # [b_side]
+        if "forget" in kl:
+            logs["forget_kl_bad"] = kl["forget"].mean().item()
+        if "retain" in kl:
+            logs["retain_kl_orig"] = kl["retain"].mean().item()
+        w = self.cfg.retain_weight
+        if self.cfg.pairing == "pairs":
+            loss = kl["forget"].mean() + w * kl["retain"].mean()
+        else:  # one average over the batch's samples, whatever their side
+            total = sum(len(v) for v in kl.values())
+            loss = (kl["forget"].sum() if "forget" in kl else 0.0) + (w * kl["retain"].sum() if "retain" in kl else 0.0)
+            loss = loss / total
+        return loss, logs

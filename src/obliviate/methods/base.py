@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,11 +44,19 @@ class UnlearningMethod:
     needs_reference: ClassVar[bool] = False
     needs_retain: ClassVar[bool] = True
     needs_forget: ClassVar[bool] = True
-    anchor: ClassVar[str] = "forget"
+    anchor: ClassVar[str] = "forget"  # "forget" | "retain" | "passes" (see obliviate.data.pairing)
     one_shot: ClassVar[bool] = False
 
     def __init__(self, config: Any | None = None) -> None:
         self.cfg = config if config is not None else self.Config()
+        self.warnings: list[str] = []  # what went wrong in effect (written to metrics.json by the pipelines)
+
+    def warn(self, message: str) -> None:
+        """Report a problem loudly: a ``RuntimeWarning``, a WARNING log line, and
+        ``self.warnings`` (which the pipelines write into ``metrics.json``)."""
+        self.warnings.append(message)
+        logging.getLogger(type(self).__module__).warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def setup(self, model: nn.Module, ctx: MethodContext) -> None:
         """Called once before training (e.g. to cache reference outputs or build masks)."""

@@ -203,11 +203,12 @@ class FFConfig:
         num_samples: Retain samples used for the Fisher (a seeded random subset; ``None`` =
             the whole retain set).
         batch_size: Batch size of the per-sample gradient passes.
-        forget_class_reset: When every forget sample has the same label ``c`` (class-wise
-            forgetting), also resample the classifier row of ``c`` around 0 (weights
-            ``N(0, 0.01²)``, bias 0), as Golatkar et al.'s implementation does (``mu[c] = 0,
-            var[c] = 1e-4`` on the output layer); without it, noise alone rarely removes a
-            whole class. Ignored for non-class-wise forget sets.
+        forget_class_reset: Full-class forgetting: for every class that has forget samples
+            and *no* retain sample left (the whole class is forgotten), also resample its
+            classifier row around 0 (weights ``N(0, 0.01²)``, bias 0), as the reference
+            ``fisher_new`` does for full-class forgetting only (``mu[c] = 0, var[c] = 1e-4`` on
+            the output layer); without it, noise alone rarely removes a whole class. A class
+            that still has retain samples (random or sub-class forgetting) is never reset.
     """
 
     alpha: float = 1e-8
@@ -218,16 +219,20 @@ class FFConfig:
     forget_class_reset: bool = True
 
 
-def single_forget_class(forget_ds: Dataset) -> int | None:
-    """The label shared by every forget sample, or None (mixed labels / no labels)."""
-    labels = getattr(forget_ds, "labels", None)
+def _labels(ds: Dataset) -> list[int]:
+    labels = getattr(ds, "labels", None)
     if labels is None:
         try:
-            labels = [int(forget_ds[i]["labels"]) for i in range(len(forget_ds))]  # type: ignore[arg-type,index]
+            labels = [int(ds[i]["labels"]) for i in range(len(ds))]  # type: ignore[arg-type,index]
         except (KeyError, TypeError, IndexError):
-            return None
-    values = {int(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)}
-    return values.pop() if len(values) == 1 else None
+            return []
+    return [int(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)]
+
+
+def fully_forgotten_classes(forget_ds: Dataset, retain_ds: Dataset | None) -> list[int]:
+    """Classes of the forget set with no sample left in the retain set (full-class forgetting)."""
+    left = set(_labels(retain_ds)) if retain_ds is not None else set()
+    return sorted(set(_labels(forget_ds)) - left)
 
 
 def classifier_head(model: nn.Module, num_classes: int) -> nn.Linear | None:
@@ -274,19 +279,20 @@ class FisherForgetting(UnlearningMethod):
         return clamped, total
 
     @torch.no_grad()
-    def _reset_forget_class(self, model: nn.Module, forget_ds: Dataset, adapter: Any, seed: int) -> int | None:
-        """Golatkar's output-layer treatment for class-wise forgetting; returns the class or None."""
-        c = single_forget_class(forget_ds)
+    def _reset_forgotten_classes(self, model: nn.Module, forget_ds: Dataset, retain_ds: Dataset, adapter: Any, seed: int) -> list[int]:
+        """The reference's output-layer treatment for full-class forgetting; returns the reset classes."""
+        classes = fully_forgotten_classes(forget_ds, retain_ds)
         num_classes = getattr(adapter, "num_classes", None)
-        head = classifier_head(model, int(num_classes)) if c is not None and num_classes else None
+        head = classifier_head(model, int(num_classes)) if classes and num_classes else None
         if head is None:
-            return None
+            return []
         gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
-        head.weight[c] = (0.01 * torch.randn(head.weight.shape[1:], generator=gen)).to(head.weight)
-        if head.bias is not None:
-            head.bias[c] = 0.0
-        log.info("FF: forget set is class %d: its classifier row resampled around 0 (forget_class_reset)", c)
-        return c
+        for c in classes:
+            head.weight[c] = (0.01 * torch.randn(head.weight.shape[1:], generator=gen)).to(head.weight)
+            if head.bias is not None:
+                head.bias[c] = 0.0
+        log.info("FF: class(es) %s have no retain sample left: classifier rows resampled around 0 (forget_class_reset)", classes)
+        return classes
 
     def apply(self, model: nn.Module, forget_ds: Dataset, retain_ds: Dataset, adapter: Any, seed: int) -> nn.Module:
         """Add Fisher-scaled noise to ``model`` in place and return it."""
@@ -295,12 +301,11 @@ class FisherForgetting(UnlearningMethod):
         fisher = diag_fisher(model, adapter, retain_ds, batch_size=self.cfg.batch_size, num_samples=self.cfg.num_samples, seed=seed)
         before = snapshot(model)
         clamped, total = self._add_noise(model, fisher, seed)
-        reset = self._reset_forget_class(model, forget_ds, adapter, seed) if self.cfg.forget_class_reset else None
-        self.stats = {**change_stats(before, model), "clamped_fraction": clamped / max(total, 1),
-                      "forget_class_reset": -1 if reset is None else reset}
+        reset = self._reset_forgotten_classes(model, forget_ds, retain_ds, adapter, seed) if self.cfg.forget_class_reset else []
+        self.stats = {**change_stats(before, model), "clamped_fraction": clamped / max(total, 1), "forget_class_reset": reset}
         log.info("FF: added noise to %d parameters (%.1f%% at the max_std clamp); relative change %.3g, max |Δθ| %.3g",
                  total, 100 * self.stats["clamped_fraction"], self.stats["relative"], self.stats["max_abs"])
         if self.stats["clamped_fraction"] > 0.99:
-            log.warning("FF: %.1f%% of the parameters hit the max_std clamp, so the noise is (nearly) uniform rather than "
-                        "shaped by the Fisher; lower alpha or raise max_std", 100 * self.stats["clamped_fraction"])
+            self.warn(f"FF: {100 * self.stats['clamped_fraction']:.1f}% of the parameters hit the max_std clamp, so the noise is "
+                      "(nearly) uniform rather than shaped by the Fisher; lower alpha or raise max_std")
         return model

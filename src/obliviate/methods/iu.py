@@ -6,35 +6,41 @@ model is one Newton step on the retain loss (Koh & Liang 2017; Jia et al. 2023):
     v  = (n_f / N) · (mean_f ∇ℓ − mean_r ∇ℓ)        (= −∇L_retain at a stationary point of L_train)
     θ' = θ + α · H⁻¹ v,    H ≈ λ·I + (1/n) Σ_{i=1..n} g_i g_iᵀ  (WoodFisher, n retain samples)
 
-``H⁻¹ v`` is computed matrix-free with the Sherman–Morrison recursion over the per-sample
-retain gradients g_i (Singh & Alistarh 2020)::
+``H⁻¹ v`` is computed exactly, matrix-free, with the Woodbury identity over the per-sample
+retain gradients g_i (the rows of G, ``[n, d]``)::
 
-    H_0⁻¹ = I/λ,   u_i = H_{i-1}⁻¹ g_i,   c_i = n + g_iᵀ u_i,
-    H_i⁻¹ x = H_{i-1}⁻¹ x − u_i (u_iᵀ x) / c_i,
+    H⁻¹ v = (v − Gᵀ (nλ·I_n + G Gᵀ)⁻¹ G v) / λ
 
-which is exact: the result equals ``torch.linalg.solve(λI + GᵀG/n, v)``. It keeps the n
-vectors u_i (memory n·d floats; ``num_samples`` is capped to fit ``max_memory_mb``) and costs
-O(n²·d). Unlike the reference code, whose recursion only ever tracks the first gradient,
-every sample enters the inverse.
+which equals the WoodFisher Sherman–Morrison recursion (Singh & Alistarh 2020) and
+``torch.linalg.solve(λI + GᵀG/n, v)``, and needs only the n×n Gram matrix ``G Gᵀ``, the
+n-vector ``G v`` and one pass for ``Gᵀ w``. G never has to be in memory at once: it is
+produced in blocks of per-sample gradients that fit ``max_memory_mb`` (two blocks at a
+time), and blocks are recomputed when they do not all fit, so the rank n (``num_samples``,
+default 1024 as the reference's ``N = 1000``) does not depend on the model size: a
+standard ResNet-18 (11.2M parameters, 45 MB per gradient) gets the same rank as a small
+CNN, at the price of recomputing gradients (the plan is logged). The reference's own
+recursion only ever tracks the first gradient's direction (its ``o_vec``), so its update
+is a rank-one correction of ``v``; here every sample enters the inverse.
 
-The update is measured (``self.stats``: L2 norm, relative change ‖Δθ‖/‖θ‖, max |Δθ|) and
-logged; a relative change below ``min_relative_change`` is a silent no-op in disguise, so
-it warns (``on_negligible="warn"``) or raises (``"raise"``). An update larger than
-``max_relative_change`` is logged as a warning too (the Newton step overshoots when the
-damping is too small for the model's Fisher scale).
+The update is measured (``self.stats``: L2 norm, relative change ‖Δθ‖/‖θ‖, max |Δθ|, the
+rank n) and logged; a relative change below ``min_relative_change`` is a silent no-op in
+disguise, so it warns (``on_negligible="warn"``: WARNING, and ``warnings`` in
+``metrics.json``) or raises (``"raise"``). An update larger than ``max_relative_change``
+warns too (the Newton step overshoots when the damping is too small for the model's
+Fisher scale).
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from obliviate.errors import ConfigError
 from obliviate.registry import METHODS
@@ -54,8 +60,10 @@ class IUConfig:
             best value depends on the model's Fisher scale (0.01 on digits, 0.3 on the
             CIFAR-10 benchmark: see the experiment presets).
         num_samples: Retain samples whose per-sample gradients build the WoodFisher (a
-            seeded random subset), at most what fits in ``max_memory_mb``.
-        max_memory_mb: Memory budget for the Sherman–Morrison vectors (n × d floats).
+            seeded random subset; the rank of the Fisher term). Capped by the retain set size.
+        max_memory_mb: Memory budget for the per-sample gradient blocks in memory at once
+            (two blocks of ``rows × d`` floats); a smaller budget means more recomputation,
+            never a lower rank.
         batch_size: Batch size of the gradient passes.
         min_relative_change: ‖Δθ‖/‖θ‖ below this counts as a negligible update.
         max_relative_change: ‖Δθ‖/‖θ‖ above this is logged as a warning (the step likely
@@ -67,49 +75,57 @@ class IUConfig:
     alpha: float = 1.0
     damping: float = 0.1
     num_samples: int = 1024
-    max_memory_mb: float = 1024.0
+    max_memory_mb: float = 2048.0
     batch_size: int = 64
     min_relative_change: float = 1e-4
     max_relative_change: float = 0.25
     on_negligible: str = "warn"
 
 
-def woodfisher_ihvp(grad_batches: Iterable[torch.Tensor], v: torch.Tensor, n: int, damping: float) -> torch.Tensor:
-    """``(λI + (1/n) Σ g_i g_iᵀ)⁻¹ v`` by the Sherman–Morrison recursion over ``g_i``.
+def woodfisher_ihvp(grad_block: Callable[[int, int], torch.Tensor], v: torch.Tensor, n: int, damping: float,
+                    block_rows: int | None = None) -> torch.Tensor:
+    """``(λI + (1/n) Σ g_i g_iᵀ)⁻¹ v`` by the Woodbury identity, G produced in blocks.
 
     Args:
-        grad_batches: Flat per-sample gradients, batches ``[m, d]`` (n rows in total).
+        grad_block: ``grad_block(i0, i1)`` returns the flat per-sample gradients of rows
+            ``i0 .. i1-1``, ``[i1 - i0, d]``; it must return the same rows every time it is called.
         v: Vector ``[d]``.
-        n: The number of gradients (the 1/n of the Fisher); exactly n rows must arrive.
+        n: The number of gradients (the 1/n of the Fisher).
         damping: λ > 0.
+        block_rows: Rows per block (default: all n in one block, computed once).
 
     Returns:
         ``[d]`` in the dtype of ``v``.
     """
-    d = v.numel()
-    us = torch.empty(n, d, dtype=v.dtype, device=v.device)  # u_i = H_{i-1}^{-1} g_i
-    cs = torch.empty(n, dtype=v.dtype, device=v.device)  # c_i = n + g_i . u_i
-    j = 0
-    for g in grad_batches:
-        g = g.to(v.dtype).reshape(len(g), d)  # [m, d]
-        if j + len(g) > n:
-            raise ValueError(f"more than n={n} gradients were given")
-        # Apply the inverse built from the previous batches to the whole batch at once ...
-        a = g / damping
-        if j:
-            a -= ((g @ us[:j].T) / cs[:j]) @ us[:j]  # [m, d]
-        # ... then the rank-one updates of this batch's earlier samples, in order.
-        for i in range(len(g)):
-            u = a[i]
-            if i:
-                prev = us[j : j + i]  # [i, d]
-                u = u - ((prev @ g[i]) / cs[j : j + i]) @ prev
-            us[j + i] = u
-            cs[j + i] = n + g[i] @ u
-        j += len(g)
-    if j != n:
-        raise ValueError(f"expected {n} gradients, got {j}")
-    return v / damping - us.T @ ((us @ v) / cs)
+    rows = n if block_rows is None else max(1, min(int(block_rows), n))
+    bounds = [(i, min(i + rows, n)) for i in range(0, n, rows)]
+    gram = torch.zeros(n, n, dtype=torch.float64, device=v.device)  # G Gᵀ
+    gv = torch.zeros(n, dtype=torch.float64, device=v.device)  # G v
+    cached: dict[int, torch.Tensor] = {}
+
+    def block(j: int) -> torch.Tensor:
+        if len(bounds) == 1:  # everything fits: compute once, reuse for the last pass
+            if j not in cached:
+                cached[j] = grad_block(*bounds[j]).to(v.dtype)
+            return cached[j]
+        g = grad_block(*bounds[j]).to(v.dtype)
+        if g.shape[0] != bounds[j][1] - bounds[j][0]:
+            raise ValueError(f"grad_block{bounds[j]} returned {g.shape[0]} rows")
+        return g
+
+    for a, (a0, a1) in enumerate(bounds):
+        ga = block(a)
+        gv[a0:a1] = (ga @ v).double()
+        gram[a0:a1, a0:a1] = (ga @ ga.T).double()
+        for b in range(a + 1, len(bounds)):
+            b0, b1 = bounds[b]
+            cross = (ga @ block(b).T).double()
+            gram[a0:a1, b0:b1], gram[b0:b1, a0:a1] = cross, cross.T
+    w = torch.linalg.solve(gram + n * damping * torch.eye(n, dtype=torch.float64, device=v.device), gv).to(v.dtype)
+    out = v.clone()
+    for a, (a0, a1) in enumerate(bounds):
+        out -= block(a).T @ w[a0:a1]
+    return out / damping
 
 
 def _flat(tensors: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
@@ -148,22 +164,30 @@ class InfluenceUnlearning(UnlearningMethod):
         g_f = _flat(mean_grad(model, adapter, forget_ds, batch_size=self.cfg.batch_size), names)
         g_r = _flat(mean_grad(model, adapter, retain_ds, batch_size=self.cfg.batch_size), names)
         v = (n_f / (n_f + n_r)) * (g_f - g_r)
-        fit = int(self.cfg.max_memory_mb * 2**20 // (4 * max(d, 1)))
-        n = max(1, min(self.cfg.num_samples, n_r, fit))
-        if n < min(self.cfg.num_samples, n_r):
-            log.info("IU: %d parameters; WoodFisher limited to %d retain samples by max_memory_mb=%g", d, n, self.cfg.max_memory_mb)
+        n = min(self.cfg.num_samples, n_r)
+        rows = max(1, int(self.cfg.max_memory_mb * 2**20 // (2 * 4 * max(d, 1))))  # two blocks of float32 rows
+        n_blocks = -(-n // min(rows, n))
+        computed = 1 if n_blocks == 1 else n_blocks + n_blocks * (n_blocks - 1) // 2 + n_blocks
+        self.stats["rank"], self.stats["gradient_passes"] = n, computed / n_blocks
+        log.info("IU: %d parameters; WoodFisher of rank %d (retain samples) in %d block(s) of <= %d gradients "
+                 "(max_memory_mb=%g): %.1f passes over the %d samples", d, n, n_blocks, min(rows, n), self.cfg.max_memory_mb,
+                 computed / n_blocks, n)
+        subset = Subset(retain_ds, np.sort(np.random.default_rng(seed).permutation(n_r)[:n]).tolist())
 
-        def batches():
+        def grad_block(i0: int, i1: int) -> torch.Tensor:
+            out = []
             with eval_mode(model):
-                for batch in iter_batches(retain_ds, self.cfg.batch_size, num_samples=n, seed=seed, device=model_device(model)):
-                    yield _flat_batch(per_sample_grads(model, adapter, batch), names).detach()
+                for batch in iter_batches(Subset(subset, list(range(i0, i1))), self.cfg.batch_size, device=model_device(model)):
+                    out.append(_flat_batch(per_sample_grads(model, adapter, batch), names).detach())
+            return torch.cat(out)
 
-        return woodfisher_ihvp(batches(), v.detach(), n, self.cfg.damping)
+        return woodfisher_ihvp(grad_block, v.detach(), n, self.cfg.damping, rows)
 
     def apply(self, model: nn.Module, forget_ds: Dataset, retain_ds: Dataset, adapter: Any, seed: int) -> nn.Module:
         """Apply ``θ ← θ + α·H⁻¹v`` in place; measure the change and warn if it is negligible."""
         if len(forget_ds) == 0 or retain_ds is None or len(retain_ds) == 0:  # type: ignore[arg-type]
             raise ConfigError("IU needs non-empty forget and retain sets")
+        self.stats = {}
         step = self.cfg.alpha * self.direction(model, forget_ds, retain_ds, adapter, seed)
         before = snapshot(model)
         with torch.no_grad():
@@ -171,7 +195,7 @@ class InfluenceUnlearning(UnlearningMethod):
             for p in trainable_params(model).values():
                 p.add_(step[start : start + p.numel()].view_as(p).to(p.dtype))
                 start += p.numel()
-        self.stats = change_stats(before, model)
+        self.stats = {**self.stats, **change_stats(before, model)}
         log.info("IU: ||Δθ|| = %.4g, relative change ||Δθ||/||θ|| = %.3g, max |Δθ| = %.3g",
                  self.stats["l2"], self.stats["relative"], self.stats["max_abs"])
         if not torch.isfinite(step).all():
@@ -181,9 +205,8 @@ class InfluenceUnlearning(UnlearningMethod):
                    f"{self.cfg.min_relative_change:g}; the model is practically unchanged. Increase alpha or decrease damping.")
             if self.cfg.on_negligible == "raise":
                 raise ConfigError(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            log.warning(msg)
+            self.warn(msg)
         elif self.stats["relative"] > self.cfg.max_relative_change:
-            log.warning("IU update is very large: ||Δθ||/||θ|| = %.3g > max_relative_change=%g; the model may be wrecked "
-                        "(increase damping or decrease alpha)", self.stats["relative"], self.cfg.max_relative_change)
+            self.warn(f"IU update is very large: ||Δθ||/||θ|| = {self.stats['relative']:.3g} > max_relative_change="
+                      f"{self.cfg.max_relative_change:g}; the model may be wrecked (increase damping or decrease alpha)")
         return model

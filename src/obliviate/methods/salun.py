@@ -4,8 +4,12 @@
    of the mean forget loss accumulated over the whole forget set. The mask keeps the top
    ``threshold_ratio`` fraction of all trainable entries by ``s`` (one global ranking, as
    in the reference ``generate_mask.py``; exactly ``floor(ratio · #entries)`` entries).
-2. Training: the RL loss (CE towards random *wrong* labels on forget + α·CE on retain).
-   Only salient entries may change:
+   On a pruned model (pruning masks attached) only the live weights are ranked and
+   counted. The reference ranks every entry: after OMP 90% its "top 50%" holds nearly all
+   live weights (pruned ones have zero gradient and rank last), which makes SalUn plain RL.
+2. Training: RL (:mod:`obliviate.methods.rl`) -- per epoch a full pass over the forget set
+   with random *wrong* labels, then a full pass over the retain set with the true labels,
+   as the reference ``unlearn/RL.py`` (CIFAR-10 branch). Only salient entries may change:
 
    - a gradient hook multiplies each parameter's gradient by its mask, so gradient
      clipping and the optimizer only ever see masked gradients (and Adam's moments of
@@ -33,7 +37,7 @@ from obliviate.errors import ConfigError
 from obliviate.registry import METHODS
 from obliviate.methods.base import UnlearningMethod
 from obliviate.methods.ff import eval_mode, mean_grad
-from obliviate.methods.rl import RandomLabel, RLConfig
+from obliviate.methods.rl import PAIRINGS, random_label_loss
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +49,37 @@ class SalUnConfig:
     Attributes:
         threshold_ratio: Fraction of trainable entries that are salient (updated), in (0, 1].
         alpha: Weight of the retain cross-entropy of the RL loss.
+        pairing: "passes" (the reference: a forget pass, then a retain pass, per epoch) or
+            "joint" (see :mod:`obliviate.methods.rl`).
         batch_size: Batch size of the saliency gradient pass.
     """
 
     threshold_ratio: float = 0.5
     alpha: float = 1.0
+    pairing: str = "passes"
     batch_size: int = 128
 
 
-def saliency_mask(grads: dict[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
+def saliency_mask(grads: dict[str, torch.Tensor], ratio: float, live: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Boolean masks of the global top-``ratio`` fraction of ``|grad|`` entries.
 
-    Exactly ``floor(ratio · total)`` entries are selected (ties broken by a stable sort).
+    Args:
+        grads: Forget-loss gradients per parameter.
+        ratio: Fraction of the *live* entries to mark salient.
+        live: Optional boolean masks of the entries that exist (a pruned model's kept
+            weights); pruned entries are never salient and do not count in the fraction.
+
+    Exactly ``floor(ratio · #live entries)`` entries are selected (ties broken by a stable sort).
     """
     flat = torch.cat([g.detach().abs().reshape(-1) for g in grads.values()])
-    k = int(ratio * flat.numel())
+    alive = torch.cat([(live[n] if live is not None and n in live else torch.ones_like(g, dtype=torch.bool)).reshape(-1).to(flat.device)
+                       for n, g in grads.items()])
+    candidates = alive.nonzero().squeeze(1)
+    k = int(ratio * candidates.numel())
     keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k > 0:
-        keep[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+        order = torch.sort(flat[candidates], descending=True, stable=True).indices[:k]
+        keep[candidates[order]] = True
     out, start = {}, 0
     for n, g in grads.items():
         out[n] = keep[start : start + g.numel()].view_as(g)
@@ -88,16 +105,23 @@ class SalUn(UnlearningMethod):
         super().__init__(config)
         if not 0 < self.cfg.threshold_ratio <= 1:
             raise ConfigError(f"SalUn threshold_ratio must be in (0, 1], got {self.cfg.threshold_ratio}")
-        self.rl = RandomLabel(RLConfig(alpha=self.cfg.alpha))
+        if self.cfg.pairing not in PAIRINGS:
+            raise ConfigError(f"SalUn pairing must be one of {', '.join(PAIRINGS)}, got '{self.cfg.pairing}'")
+        self.anchor = "passes" if self.cfg.pairing == "passes" else "forget"
         self.masks: dict[str, torch.Tensor] = {}
         self._frozen: dict[str, torch.Tensor] = {}
         self._hooks: list[Any] = []
 
     # ------------------------------------------------------------------ mask
     def compute_mask(self, model: nn.Module, forget_ds: Any, adapter: Any) -> dict[str, torch.Tensor]:
-        """Saliency masks from the forget-loss gradient over ``forget_ds``."""
+        """Saliency masks from the forget-loss gradient over ``forget_ds``; on a pruned model
+        (masks attached) the ranking covers the live weights only."""
+        from obliviate.pruning.masks import attached_masks
+
         grads = mean_grad(model, adapter, forget_ds, batch_size=self.cfg.batch_size)
-        return saliency_mask(grads, self.cfg.threshold_ratio)
+        pruned = attached_masks(model)
+        live = {n: pruned[n].to(torch.bool) for n in grads if n in pruned}
+        return saliency_mask(grads, self.cfg.threshold_ratio, live or None)
 
     def set_mask(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         """Install ``masks`` on ``model``: save frozen values, hook gradients."""
@@ -131,7 +155,7 @@ class SalUn(UnlearningMethod):
 
     # ------------------------------------------------------------------ training
     def loss(self, model, batch, ctx):
-        return self.rl.loss(model, batch, ctx)
+        return random_label_loss(model, batch, ctx, self.cfg.alpha)
 
     @torch.no_grad()
     def before_step(self, model, ctx):

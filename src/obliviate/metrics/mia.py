@@ -4,6 +4,11 @@ An RBF SVC (C=3, gamma="auto") is trained on the true-class softmax confidence o
 samples (members, label 1) against test samples (non-members, label 0), with balanced
 counts (the larger set is subsampled with a seed). MIA-efficacy is the percentage of forget
 samples the SVC predicts as *non-members* (higher = the forget set looks unseen).
+
+In class-wise forgetting the caller passes the test samples *without* the forgotten
+classes as non-members, as the reference does (Unlearn-Sparse removes the forgotten class
+from its test set, so its SVC never learns "forgotten class = non-member" from the test
+images of that class).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ def mia_efficacy(conf_retain: np.ndarray, conf_test: np.ndarray, conf_forget: np
 
     Args:
         conf_retain: True-class confidences of retain samples (members).
-        conf_test: True-class confidences of test samples (non-members).
+        conf_test: True-class confidences of test samples (non-members; in class-wise
+            forgetting without the forgotten classes).
         conf_forget: True-class confidences of the forget samples to classify.
         seed: Seed of the balancing subsample.
     """

@@ -54,6 +54,7 @@ def train_classifier(model: nn.Module, dataset: TensorImageDataset, args_cfg: An
 def unlearn(
     model: nn.Module, method_name: str, method_args: dict | None, split: Split, args_cfg: Any, out_dir: Path, seed: int, num_classes: int,
     *, resume: bool = False, guard: DivergenceGuard | None = None, callbacks: list[Any] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, float, list[dict]]:
     """Run one registered method on ``model`` (in place). Returns (model, seconds, log history).
 
@@ -64,6 +65,9 @@ def unlearn(
             are restored (see ``guard.report()``).
         callbacks: Extra ``TrainerCallback``s (e.g. ``obliviate tune``'s intermediate
             objective); ignored by one-shot methods.
+        info: If given, filled with what the method reports about itself: ``warnings``
+            (problems in effect, e.g. an update too small to matter) and ``method_stats``
+            (e.g. what a one-shot method changed).
     """
     trainer_cls, method = build_trainer(method_name, method_args)
     spec = method if method is not None else trainer_cls  # declares needs_retain / anchor
@@ -75,7 +79,8 @@ def unlearn(
             model = method.apply(model, forget, retain, adapter, seed)  # type: ignore[union-attr]
             history: list[dict] = []
         else:
-            pairs = ForgetRetainDataset(forget, retain if spec.needs_retain else None, anchor=spec.anchor, seed=seed)
+            pairs = ForgetRetainDataset(forget, retain if spec.needs_retain else None, anchor=spec.anchor, seed=seed,
+                                        retain_fraction=getattr(spec, "retain_fraction", 1.0))
             args = training_arguments(args_cfg, out_dir / "trainer", seed, len(pairs))
             trainer = trainer_cls(model, args, method=method, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(),
                                   guard=guard, callbacks=callbacks, **({"method_args": method_args} if method is None else {}))
@@ -85,6 +90,9 @@ def unlearn(
                 guard.restore(model)
                 log.warning("run diverged (%s); restored the weights of step %s", guard.reason, guard.report()["restored_step"])
     model.eval()
+    if info is not None and method is not None:
+        info["warnings"] = list(getattr(method, "warnings", []))
+        info["method_stats"] = dict(getattr(method, "stats", {}) or {})
     return model, t["s"], history
 
 
@@ -92,17 +100,22 @@ def unlearn(
 def evaluate(model: nn.Module, split: Split, test: TensorImageDataset, num_classes: int, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """UA, RA, TA (+ forgotten-class TA), MIA-efficacy, per-class test accuracy.
 
+    In class-wise forgetting the forgotten classes' test samples count neither in TA nor
+    among the MIA's non-members (the reference removes them from its test set).
+
     Returns:
         ``(metrics, per_sample)``; ``per_sample`` maps forget/retain/test to index, label,
         prediction and true-class confidence lists (for ``eval/*.json``).
     """
     preds = {name: predict(model, ds) for name, ds in (("forget", split.forget), ("retain", split.retain), ("test", test))}
     ta, ta_forget = test_accuracy(preds["test"]["pred"], preds["test"]["label"], split.forget_classes)
+    # Class-wise: the forgotten classes leave the test split too (TA and the MIA's non-members), as in the reference.
+    non_members = ~np.isin(preds["test"]["label"], split.forget_classes)
     metrics: dict[str, Any] = {
         "UA": 100.0 - accuracy(preds["forget"]["pred"], preds["forget"]["label"]),
         "RA": accuracy(preds["retain"]["pred"], preds["retain"]["label"]),
         "TA": ta,
-        "MIA": mia_efficacy(preds["retain"]["confidence"], preds["test"]["confidence"], preds["forget"]["confidence"], seed=seed),
+        "MIA": mia_efficacy(preds["retain"]["confidence"], preds["test"]["confidence"][non_members], preds["forget"]["confidence"], seed=seed),
         "forget_confidence": float(preds["forget"]["confidence"].mean()),
         "per_class_test_accuracy": per_class_accuracy(preds["test"]["pred"], preds["test"]["label"], num_classes),
     }
@@ -192,8 +205,9 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = 
     model, transforms = prepare_model(cfg, model, data, run_dir, seed, evaluate=lambda m: evaluate(m, split, data.test, data.num_classes, seed)[0],
                                       split=split)
     guard = DivergenceGuard(make_guard_config(cfg.get("divergence")))
+    info: dict[str, Any] = {}
     model, seconds, history = unlearn(model, handler, method_args, split, cfg.trainer.args, run_dir / "unlearned", seed, data.num_classes,
-                                      resume=bool(cfg.get("resume")), guard=guard)
+                                      resume=bool(cfg.get("resume")), guard=guard, info=info)
     model = finalize_model(model, transforms, run_dir)  # merge LoRA, re-check the mask, measure sparsity
     evals["unlearned"] = evaluate(model, split, data.test, data.num_classes, seed)
     if save_checkpoint and is_main_process():
@@ -210,6 +224,8 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = 
         "original": with_gap(evals["original"][0], retrain_m),
         "retrain": {**retrain_m, "train_time_s": refs.get("retrain_time_s")},
         "unlearned": with_gap(evals["unlearned"][0], retrain_m),
+        "warnings": info.get("warnings", []),
+        "method_stats": info.get("method_stats", {}),
     }
     result.update(transform_report(transforms, retrain_m))  # sparsity (measured), pruning, pruned, lora
     rt = refs.get("retrain_time_s")

@@ -36,3 +36,65 @@ def test_pair_collator_stacks_each_side():
     assert batch["forget"]["pixel_values"].shape == (3, 1, 1, 1)
     assert batch["forget"]["index"].tolist() == [0, 1, 2]
     assert batch["retain"]["labels"].shape == (3,)
+
+
+def test_passes_walk_the_forget_set_then_the_retain_set_one_side_per_batch():
+    forget, retain = _ds(5), _ds(11, offset=100)
+    passes = ForgetRetainDataset(forget, retain, anchor="passes", seed=2)
+    assert len(passes) == 16
+    sampler = passes.batch_sampler(4)
+    assert len(sampler) == 2 + 3  # ceil(5/4) forget batches, ceil(11/4) retain batches
+    batches = list(sampler)
+    assert [len(b) for b in batches] == [4, 1, 4, 4, 3]  # the last batch of each side may be smaller
+    sides = [{side for i in b for side in passes[i]} for b in batches]
+    assert sides == [{"forget"}] * 2 + [{"retain"}] * 3
+    rows = [i for b in batches for i in b]
+    assert sorted(rows[:5]) == list(range(5)) and sorted(rows[5:]) == list(range(5, 16))  # each sample once
+    assert [passes[i]["retain"]["index"] for i in batches[2]] == [100 + i - 5 for i in batches[2]]
+    assert list(passes.batch_sampler(4)) == batches  # deterministic for an epoch (resume-safe)
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    collated = PairCollator()([passes[i] for i in batches[0]])
+    assert set(collated) == {"forget"} and collated["forget"]["labels"].shape == (4,)
+
+
+def test_passes_need_a_retain_set_and_pairs_have_no_batch_sampler():
+    import pytest
+
+    from obliviate.errors import DataError
+
+    with pytest.raises(DataError, match="passes"):
+        ForgetRetainDataset(_ds(3), None, anchor="passes")
+    with pytest.raises(DataError, match="batch_sampler"):
+        ForgetRetainDataset(_ds(3), _ds(4), anchor="forget").batch_sampler(2)
+
+
+def test_passes_under_ddp_keep_each_optimizer_step_on_one_side():
+    from obliviate.data.pairing import PassesBatchSampler
+
+    sampler = PassesBatchSampler(5, 11, batch_size=3, seed=0, num_replicas=2)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == (1 + 2) * 2  # global batches of 6 rows: 1 forget, 2 retain; 2 per-process parts each
+    steps = [batches[i : i + 2] for i in range(0, len(batches), 2)]  # accelerate deals batches round-robin: one per process
+    for step in steps:
+        sides = {"forget" if i < 5 else "retain" for part in step for i in part}
+        assert len(sides) == 1 and all(part for part in step)
+    assert sorted(i for part in batches[:2] for i in part) == list(range(5))
+    assert sorted(i for part in batches[2:] for i in part) == list(range(5, 16))
+    tiny = list(PassesBatchSampler(1, 4, batch_size=4, num_replicas=2))  # 1 forget row, 2 processes: repeated, never empty
+    assert tiny[:2] == [[0], [0]] and all(tiny)
+
+
+def test_mixed_epochs_shuffle_forget_with_a_fixed_share_of_retain():
+    forget, retain = _ds(4), _ds(20, offset=100)
+    mixed = ForgetRetainDataset(forget, retain, anchor="mixed", seed=1, retain_fraction=0.3)
+    assert len(mixed) == 4 + 6
+    items = [mixed[i] for i in range(len(mixed))]
+    assert [set(it) for it in items] == [{"forget"}] * 4 + [{"retain"}] * 6
+    kept = sorted(it["retain"]["index"] for it in items[4:])
+    assert len(set(kept)) == 6 and all(100 <= i < 120 for i in kept)
+    mixed.set_epoch(3)
+    assert sorted(mixed[i]["retain"]["index"] for i in range(4, 10)) == kept  # drawn once, like the reference's random.sample
+    batch = PairCollator()([items[0], items[5], items[1], items[6], items[7]])
+    assert batch["forget"]["index"].tolist() == [0, 1] and batch["retain"]["labels"].shape == (3,)
+    assert set(PairCollator()([items[5], items[6]])) == {"retain"}

@@ -41,6 +41,16 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert counts.min() >= 35 and counts.max() <= 37
 
 
+def test_digits_training_subset_per_class_keeps_the_test_split():
+    full, small = load_digits(), load_digits(max_train_per_class=10)
+    assert np.bincount(small.train.labels.numpy()).tolist() == [10] * 10
+    assert torch.equal(small.test.images, full.test.images)  # the test split is unchanged
+    rows = {tuple(x.flatten().tolist()) for x in full.train.images}
+    assert all(tuple(x.flatten().tolist()) in rows for x in small.train.images)  # a subset of the training split
+    assert small.train.indices.tolist() == list(range(100))  # forget/retain indices are positions in the subset
+    assert torch.equal(load_digits(max_train_per_class=10).train.images, small.train.images)  # seeded
+
+
 def test_cifar_folder_and_tarball_layouts_agree(tmp_path):
     _make_folder(tmp_path / "folder")
     tar_dir = tmp_path / "tars"

@@ -52,3 +52,29 @@ def test_mia_efficacy_matches_an_independent_svc():
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(np.r_[retain, test].reshape(-1, 1), np.r_[np.ones(100), np.zeros(100)])
     expected = (clf.predict(forget.reshape(-1, 1)) == 0).mean() * 100
     assert mia_efficacy(retain, test, forget) == pytest.approx(expected)
+
+
+def test_class_wise_mia_leaves_the_forgotten_class_out_of_the_non_members():
+    """As the reference (Unlearn-Sparse removes the forgotten class from its test set), the
+    class-wise MIA's non-members are the test samples of the *other* classes."""
+    import torch
+
+    from obliviate.models.vision import DigitsCNN
+    from obliviate.pipelines import vision
+    from tests.unit.methods.vision_helpers import digits
+
+    data = digits()
+    torch.manual_seed(0)
+    model = DigitsCNN(num_classes=10, in_chans=1, width=4).eval()
+    split = vision.split_forget(data, {"forget_class": 3}, 0)
+    metrics, _ = vision.evaluate(model, split, data.test, 10, seed=0)
+    conf = {name: vision.predict(model, ds)["confidence"] for name, ds in (("forget", split.forget), ("retain", split.retain))}
+    test = vision.predict(model, data.test)
+    others = test["label"] != 3
+    assert 0 < others.sum() < len(others)
+    assert metrics["MIA"] == mia_efficacy(conf["retain"], test["confidence"][others], conf["forget"], seed=0)
+    # random forgetting keeps every test sample
+    rsplit = vision.split_forget(data, {"forget_fraction": 0.1}, 0)
+    rmetrics, _ = vision.evaluate(model, rsplit, data.test, 10, seed=0)
+    assert rmetrics["MIA"] == mia_efficacy(vision.predict(model, rsplit.retain)["confidence"], test["confidence"],
+                                           vision.predict(model, rsplit.forget)["confidence"], seed=0)

@@ -1,5 +1,6 @@
 """Tiny 2-layer Llama, hand-made QA batches (``-100`` on prompt/padding) and an independent
-per-sequence reference implementation for the LLM method tests."""
+per-sequence reference implementation for the LLM method tests; the digits demo's trained
+models (a session fixture) for the vision effect tests."""
 
 from __future__ import annotations
 
@@ -141,3 +142,44 @@ def memorised(memorised_state) -> torch.nn.Module:
     model = tiny_llama(0)
     model.load_state_dict(memorised_state)
     return model
+
+
+# ----------------------------------------------------------------------------- the digits demo
+DEMO_SETTINGS = {"random": {"forget_fraction": 0.1}, "class": {"forget_class": 9}}
+
+
+@pytest.fixture(scope="session")
+def digits_demo(tmp_path_factory) -> dict[str, Any]:
+    """The quickstart's models, trained once per session: ``experiment=vision/digits`` (seed 0),
+    the original and, per setting ("random": 10% random, "class": class 9), the split and the
+    retrained model, plus ``compose(method, setting)`` giving the method's config with its
+    preset, exactly as ``obliviate quickstart`` composes it."""
+    from hydra import compose, initialize_config_module
+
+    from obliviate.pipelines import vision
+    from obliviate.pipelines.common import apply_method_preset
+
+    root = tmp_path_factory.mktemp("digits_demo")
+    torch.set_num_threads(1)
+    with initialize_config_module("obliviate.configs", version_base="1.3"):
+        base = ["experiment=vision/digits", "seed=0", "++train.args.disable_tqdm=true", "++trainer.args.disable_tqdm=true"]
+        cfg = compose(config_name="unlearn", overrides=base)
+        data = vision.load_data(cfg)
+        out: dict[str, Any] = {"data": data, "settings": {}}
+        original, original_time = None, None
+        for name, selection in DEMO_SETTINGS.items():
+            scfg = compose(config_name="unlearn", overrides=[*base, *(f"{k}={v}" for k, v in selection.items())])
+            split = vision.split_forget(data, selection, 0)
+            refs = vision.obtain_reference_models(scfg, data, split, root / name, original=original, original_time=original_time)
+            original, original_time = refs["original"], refs["original_time_s"]
+            out["settings"][name] = {"split": split, "refs": refs, "selection": selection}
+
+        def compose_method(method: str, setting: str):
+            with initialize_config_module("obliviate.configs", version_base="1.3"):
+                over = [*base, f"trainer={method}", *(f"{k}={v}" for k, v in DEMO_SETTINGS[setting].items())]
+                sub = compose(config_name="unlearn", overrides=over)
+            return apply_method_preset(sub, sub.get("presets"), method, over)
+
+    out["compose"] = compose_method
+    out["root"] = root
+    return out

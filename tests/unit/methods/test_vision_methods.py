@@ -32,16 +32,15 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- generic
 @pytest.mark.parametrize("name", VISION)
-def test_every_vision_method_changes_the_model_with_finite_loss(name, tmp_path):
+def test_every_vision_method_runs_with_finite_loss_and_cleans_up(name, tmp_path):
+    """Plumbing only (finite losses, hooks removed); whether a method *forgets* is tested at
+    its preset in test_vision_effect.py."""
     sp = split()
     model = trained_cnn()
-    before = copy.deepcopy(model.state_dict())
     args = {"per_device_train_batch_size": 8, "learning_rate": 1e-3, "max_steps": 3, "logging_steps": 1, "disable_tqdm": True,
             "use_cpu": True}
     with torch.random.fork_rng():
         model, _, history = vision.unlearn(model, name, None, sp, args, tmp_path, 0, N_CLASSES)
-    moved = max((p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters())
-    assert moved > 0, f"{name} left every parameter unchanged"
     losses = [h["loss"] for h in history if "loss" in h]
     if not METHODS.get(name).one_shot:
         assert losses, f"{name}: no loss was logged"
@@ -53,9 +52,10 @@ def test_every_vision_method_changes_the_model_with_finite_loss(name, tmp_path):
 
 @pytest.mark.parametrize(("name", "args"), [
     ("l1_sparse", {"alpha": -1.0}), ("l1_sparse", {"schedule": "cosine"}), ("SalUn", {"threshold_ratio": 0.0}),
-    ("SCRUB", {"kd_T": 0.0}), ("SCRUB", {"kl_direction": "both"}), ("BadTeacher", {"temperature": -1.0}),
+    ("SCRUB", {"kd_T": 0.0}), ("SCRUB", {"kl_direction": "both"}), ("BadTeacher", {"temperature": -1.0}), ("BadTeacher", {"pairing": "passes"}), ("BadTeacher", {"retain_fraction": 0.0}),
     ("LoRAUnlearner", {"forget_threshold": 2.0}), ("FF", {"max_std": 0.0}), ("IU", {"on_negligible": "ignore"}),
     ("IU", {"damping": 0.0}), ("SSD", {"reference": "test"}), ("SSD", {"importance": "exact"}), ("SalUn", {"ratio": 0.5}),
+    ("SSD", {"batch_order": "label"}), ("RL", {"pairing": "mixed"}), ("SalUn", {"pairing": "mixed"}), ("l1_sparse", {"no_l1_epochs": -1}),
 ])
 def test_bad_method_args_raise_config_error(name, args):
     with pytest.raises(ConfigError):
@@ -63,28 +63,81 @@ def test_bad_method_args_raise_config_error(name, args):
 
 
 # ----------------------------------------------------------------------------- l1_sparse
-def test_l1_schedule_numbers():
-    assert [l1_weight(1e-3, t, 10) for t in range(10)] == pytest.approx([1e-3 * (10 - t) / 10 for t in range(10)])
-    assert l1_weight(1e-3, 10, 10) == 0.0 and l1_weight(1e-3, 12, 10) == 0.0
+def _reference_alpha(alpha: float, epoch: int, epochs: int, no_l1_epochs: int = 0) -> float:
+    """Port of the reference ``FT_iter`` (Unlearn-Sparse ``unlearn/FT.py``): ``current_alpha``."""
+    if epoch < epochs - no_l1_epochs:
+        return alpha * (1 - epoch / (epochs - no_l1_epochs))
+    elif epochs - no_l1_epochs == 0:
+        return alpha
+    return 0
+
+
+def test_l1_schedule_numbers_match_the_reference():
+    for epochs, no_l1 in ((10, 0), (5, 2), (3, 3), (1, 0)):
+        assert [l1_weight(1e-3, e, epochs, "linear", no_l1) for e in range(epochs)] == pytest.approx(
+            [_reference_alpha(1e-3, e, epochs, no_l1) for e in range(epochs)])
+    assert [l1_weight(1e-3, t, 10, "linear_step") for t in range(10)] == pytest.approx([1e-3 * (10 - t) / 10 for t in range(10)])
+    assert l1_weight(1e-3, 10, 10, "linear_step") == 0.0 and l1_weight(1e-3, 12, 10, "linear_step") == 0.0
     assert l1_weight(1e-3, 5, 10, "constant") == 1e-3 and l1_weight(1e-3, 5, None) == 1e-3
 
 
-def test_l1_sparse_trains_with_the_decaying_weight_and_exact_loss(tmp_path):
-    sp, model = split(), trained_cnn()
-    method = build_method("l1_sparse", {"alpha": 2e-3})
-    trainer = make_trainer(model, method, sp, tmp_path, max_steps=4, logging_strategy="steps", logging_steps=1)
+def test_l1_sparse_trains_with_the_per_epoch_weight_and_exact_loss(tmp_path):
+    sp, model = split(), trained_cnn()  # 144 retain images: 3 steps per epoch at batch 64
+    method = build_method("l1_sparse", {"alpha": 3e-3})
+    trainer = make_trainer(model, method, sp, tmp_path, max_steps=-1, num_train_epochs=3, per_device_train_batch_size=64,
+                           logging_strategy="steps", logging_steps=1)
     trainer.train()
     weights = [h["l1_weight"] for h in trainer.state.log_history if "l1_weight" in h]
-    assert weights == pytest.approx([2e-3, 1.5e-3, 1e-3, 0.5e-3])
-    # the loss is CE_retain + alpha_t * sum |theta|
-    ctx = context()
-    ctx.step = 1
+    assert weights == pytest.approx([3e-3] * 3 + [2e-3] * 3 + [1e-3] * 3)  # constant within an epoch, as the reference
+    # the loss is CE_retain + alpha_e * sum |theta|
+    method.epoch, ctx = 1, context()
     batch = {"retain": batch_of(sp.retain, list(range(8)))}
     loss, logs = method.loss(model, batch, ctx)
     ce = ADAPTER.per_sample_nll(model, batch["retain"])[0].mean()
-    expected = ce + 1.5e-3 * sum(p.abs().sum() for p in model.parameters())
+    expected = ce + 2e-3 * sum(p.abs().sum() for p in model.parameters())
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert logs["l1_norm"] == pytest.approx(l1_norm(model).item())
+
+
+# ----------------------------------------------------------------------------- RL
+def test_rl_takes_a_full_forget_pass_then_a_full_retain_pass_each_epoch(tmp_path):
+    sp, model = split({"forget_fraction": 0.1}), trained_cnn()  # 16 forget, 144 retain
+    method = build_method("RL")
+    seen: list[tuple[str, list[int]]] = []
+    loss_fn = method.loss
+
+    def spy(model, batch, ctx):
+        seen.extend((side, batch[side]["index"].tolist()) for side in batch)
+        assert len(batch) == 1, "a step sees one side only"
+        return loss_fn(model, batch, ctx)
+
+    method.loss = spy
+    trainer = make_trainer(model, method, sp, tmp_path, max_steps=-1, num_train_epochs=2, per_device_train_batch_size=8)
+    trainer.train()
+    per_epoch = math.ceil(16 / 8) + math.ceil(144 / 8)
+    assert len(seen) == 2 * per_epoch and trainer.state.global_step == 2 * per_epoch
+    for e in range(2):
+        epoch = seen[e * per_epoch : (e + 1) * per_epoch]
+        assert [side for side, _ in epoch] == ["forget"] * 2 + ["retain"] * 18
+        assert sorted(i for _, rows in epoch[:2] for i in rows) == sorted(sp.forget.indices.tolist())
+        assert sorted(i for _, rows in epoch[2:] for i in rows) == sorted(sp.retain.indices.tolist())
+
+
+def test_rl_forget_and_retain_steps_are_the_references_cross_entropies():
+    sp, model = split({"forget_fraction": 0.5}), trained_cnn()
+    method, ctx = build_method("RL", {"alpha": 0.7}), context()
+    f, r = batch_of(sp.forget, list(range(12))), batch_of(sp.retain, list(range(10)))
+    ctx.generator.manual_seed(5)
+    loss_f, logs = method.loss(model, {"forget": f}, ctx)
+    wrong = ADAPTER.random_wrong_labels(f["labels"], torch.Generator().manual_seed(5))
+    assert (wrong != f["labels"]).all() and set(logs) == {"forget_rl_loss"}
+    with torch.no_grad():
+        assert loss_f.item() == pytest.approx(torch.nn.functional.cross_entropy(model(f["pixel_values"]), wrong).item(), rel=1e-6)
+        loss_r, logs = method.loss(model, {"retain": r}, ctx)
+        assert set(logs) == {"retain_loss"}
+        assert loss_r.item() == pytest.approx(0.7 * torch.nn.functional.cross_entropy(model(r["pixel_values"]), r["labels"]).item(), rel=1e-6)
+    joint = build_method("RL", {"pairing": "joint"})
+    assert joint.anchor == "forget" and method.anchor == "passes"
 
 
 # ----------------------------------------------------------------------------- SalUn
@@ -94,6 +147,27 @@ def test_saliency_mask_is_the_global_top_fraction():
     assert masks["a"].tolist() == [False, True, False]
     assert masks["b"].tolist() == [[False, True], [False, True]]
     assert sum(int(m.sum()) for m in saliency_mask(grads, 1.0).values()) == 7
+    # only live entries count and rank: 4 live entries -> 2 salient; |-5| is pruned
+    live = {"a": torch.tensor([True, False, True]), "b": torch.tensor([[True, False], [True, True]])}
+    masks = saliency_mask(grads, 0.5, live)
+    assert masks["a"].tolist() == [False, False, True] and masks["b"].tolist() == [[False, False], [False, True]]
+
+
+def test_salun_ranks_only_the_live_weights_of_a_pruned_model():
+    from obliviate.pruning import PRUNERS, attached_masks
+
+    sp, model = split({"forget_fraction": 0.2}), trained_cnn()
+    PRUNERS.get("omp")(model, rate=0.8)
+    pruned = attached_masks(model)
+    method = build_method("SalUn", {"threshold_ratio": 0.5})
+    method.setup(model, context(forget_dataset=sp.forget))
+    try:
+        live_total = sum(int(pruned[n].sum()) if n in pruned else p.numel() for n, p in model.named_parameters())
+        assert sum(int(m.sum()) for m in method.masks.values()) == int(0.5 * live_total)
+        for n, m in pruned.items():
+            assert not (method.masks[n] & ~m.bool()).any(), f"pruned entries of {n} marked salient"
+    finally:
+        method.remove_hooks()
 
 
 def test_salun_frozen_weights_stay_bit_for_bit_under_adamw_weight_decay(tmp_path):
@@ -181,13 +255,24 @@ def test_scrub_max_step_uses_only_forget_and_min_step_only_retain():
 
 
 # ----------------------------------------------------------------------------- BadTeacher
+def _reference_unlearner_loss(output, labels, full_teacher_logits, unlearn_teacher_logits, KL_temperature):
+    """Port of the reference ``UnlearnerLoss`` (vikram2000b/bad-teaching-unlearning ``unlearn.py``);
+    label 1 = forget sample, 0 = retain sample."""
+    labels = torch.unsqueeze(labels, dim=1)
+    f_teacher_out = torch.softmax(full_teacher_logits / KL_temperature, dim=1)
+    u_teacher_out = torch.softmax(unlearn_teacher_logits / KL_temperature, dim=1)
+    overall_teacher_out = labels * u_teacher_out + (1 - labels) * f_teacher_out
+    student_out = torch.log_softmax(output / KL_temperature, dim=1)
+    return torch.nn.functional.kl_div(student_out, overall_teacher_out)
+
+
 def test_bad_teacher_kl_targets():
     sp, model = split(), trained_cnn()
     ref = frozen_copy(model)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    method = build_method("BadTeacher", {"temperature": 2.0, "retain_weight": 0.3, "teacher_seed": 7})
+    method = build_method("BadTeacher", {"temperature": 2.0, "retain_weight": 0.3, "teacher_seed": 7, "pairing": "pairs"})
     ctx = context(ref_model=ref)
     method.setup(model, ctx)
     bad = method.bad_teacher
@@ -201,6 +286,31 @@ def test_bad_teacher_kl_targets():
         s_f, s_r = model(f["pixel_values"]) / 2, model(r["pixel_values"]) / 2
         expected = _kl(bad(f["pixel_values"]) / 2, s_f).mean() + 0.3 * _kl(ref(r["pixel_values"]) / 2, s_r).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_bad_teacher_mixed_batches_are_the_references_loss():
+    """The default (``pairing="mixed"``): one average of per-sample KLs over a batch that mixes
+    forget and retain samples = the reference's ``UnlearnerLoss`` times the number of classes
+    (its ``kl_div`` mean also divides by the classes)."""
+    sp, model = split(), trained_cnn()
+    ref = frozen_copy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    method = build_method("BadTeacher", {"temperature": 2.0, "teacher_seed": 7})
+    assert method.anchor == "mixed" and method.retain_fraction == 0.3
+    ctx = context(ref_model=ref)
+    method.setup(model, ctx)
+    f, r = batch_of(sp.forget, [0, 1, 2]), batch_of(sp.retain, list(range(9)))
+    loss, _ = method.loss(model, {"forget": f, "retain": r}, ctx)
+    x = torch.cat([f["pixel_values"], r["pixel_values"]])
+    flags = torch.tensor([1.0] * 3 + [0.0] * 9)
+    with torch.no_grad():
+        expected = _reference_unlearner_loss(model(x), flags, ref(x), method.bad_teacher(x), 2.0) * N_CLASSES
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    only_forget, _ = method.loss(model, {"forget": f}, ctx)  # a batch may hold one side only
+    with torch.no_grad():
+        assert only_forget.item() == pytest.approx(_kl(method.bad_teacher(f["pixel_values"]) / 2, model(f["pixel_values"]) / 2).mean().item(), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- LoRAUnlearner

@@ -78,7 +78,8 @@ def train_args(tmp_path, **overrides: Any) -> TrainingArguments:
 
 def make_trainer(model: nn.Module, method, sp: vision.Split, tmp_path, **overrides: Any) -> UnlearningTrainer:
     """An UnlearningTrainer over the pairs of ``sp`` (the same wiring as ``pipelines.vision.unlearn``)."""
-    pairs = ForgetRetainDataset(sp.forget, sp.retain if method.needs_retain else None, anchor=method.anchor, seed=0)
+    pairs = ForgetRetainDataset(sp.forget, sp.retain if method.needs_retain else None, anchor=method.anchor, seed=0,
+                                retain_fraction=getattr(method, "retain_fraction", 1.0))
     return UnlearningTrainer(model, train_args(tmp_path, **overrides), method=method, adapter=ADAPTER, train_dataset=pairs,
                              data_collator=PairCollator())
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from obliviate.data import DATASETS
+from obliviate.registry import DATASETS
 from obliviate.errors import ConfigError, DataError
 
 

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from obliviate.registry import DATASETS
-from obliviate.data.vision.tensors import TensorImageDataset, VisionData
+from obliviate.data.vision.tensors import TensorImageDataset, VisionData, per_class_rows
 from obliviate.errors import DataError
 from obliviate.io import atomic_write_bytes
 
@@ -79,11 +79,7 @@ def _cached_split(root: Path, split: str, cache_dir: Path | None) -> tuple[np.nd
 
 
 def _per_class(labels: np.ndarray, k: int | None, seed: int) -> np.ndarray:
-    if not k:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep = [np.sort(rng.permutation(np.flatnonzero(labels == c))[:k]) for c in np.unique(labels)]
-    return np.sort(np.concatenate(keep))
+    return per_class_rows(labels, k, seed)
 
 
 @DATASETS.register("cifar10", track="vision")

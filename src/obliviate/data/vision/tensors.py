@@ -71,6 +71,16 @@ class TensorImageDataset(Dataset):
         return self.subset(np.arange(len(self)), augment=augment)
 
 
+def per_class_rows(labels: np.ndarray, k: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of at most ``k`` seeded-random samples per class (all when ``k`` is falsy)."""
+    labels = np.asarray(labels)
+    if not k:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = [np.sort(rng.permutation(np.flatnonzero(labels == c))[:k]) for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep))
+
+
 @dataclass
 class VisionData:
     """A train/test pair of image datasets plus class metadata."""
