@@ -17,6 +17,9 @@ TORCHRUN = shutil.which("torchrun", path=str(BIN)) or "torchrun"
 # Metrics of a 2-process run (batch 2 x 32) and of a 1-process run (batch 64) differ only by data
 # order: each of UA, RA, TA, MIA and Avg. Gap must agree within this many percentage points.
 DDP_TOLERANCE = 5.0
+# All 1,437 training images (the demo's experiment keeps 10 per class): 144 of class 9, so the
+# tolerance above is a few samples' worth, not one sample's.
+FULL_DIGITS = ["data.max_train_per_class=null"]
 
 
 def run(cmd, cwd, check=True, timeout=900):
@@ -31,8 +34,8 @@ def run(cmd, cwd, check=True, timeout=900):
 def refs(tmp_path_factory):
     """Original + retrained models (class 9), trained once with few epochs."""
     out = tmp_path_factory.mktemp("refs")
-    run([OBLIVIATE, "train", "forget_class=9", f"paths.output_dir={out}", "train.args.num_train_epochs=4", "++train.args.disable_tqdm=true"],
-        cwd=out)
+    run([OBLIVIATE, "train", "forget_class=9", *FULL_DIGITS, f"paths.output_dir={out}", "train.args.num_train_epochs=4",
+         "++train.args.disable_tqdm=true"], cwd=out)
     return [f"original_checkpoint={out / 'original' / 'model.safetensors'}", f"retrain_checkpoint={out / 'retrain'}"]
 
 
@@ -100,15 +103,16 @@ def test_wandb_offline_or_clear_error(refs, tmp_path, monkeypatch):
 
 
 def test_torchrun_two_processes_matches_single_process(refs, tmp_path):
-    common = ["unlearn", "trainer=RL", "forget_class=9", "trainer.args.num_train_epochs=3", "++trainer.args.disable_tqdm=true", *refs]
+    common = ["unlearn", "trainer=RL", "forget_class=9", *FULL_DIGITS, "trainer.args.num_train_epochs=3", "++trainer.args.disable_tqdm=true", *refs]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     proc = run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "obliviate.cli", *common, f"paths.output_dir={ddp}",
                 "trainer.args.per_device_train_batch_size=32"], cwd=tmp_path)
     run([OBLIVIATE, *common, f"paths.output_dir={single}", "trainer.args.per_device_train_batch_size=64"], cwd=tmp_path)
     m2, m1 = (json.loads((d / "metrics.json").read_text()) for d in (ddp, single))
-    # DDP really sharded the data: half the optimizer steps per epoch of a 1-process run with batch 32
-    steps = [h["step"] for h in m2["log_history"] if "train_runtime" in h]
-    assert steps == [3 * 3], m2["log_history"]  # ceil(144 forget samples / (2 x 32)) x 3 epochs
+    # DDP really sharded the data: 2 processes x batch 32 take the optimizer steps of one process at
+    # batch 64 (RL: a forget pass then a retain pass per epoch, each cut into global batches of 64)
+    steps2, steps1 = ([h["step"] for h in m["log_history"] if "train_runtime" in h] for m in (m2, m1))
+    assert steps2 == steps1 and steps1[0] > 3 * 2, (m2["log_history"], m1["log_history"])
     for key in ("UA", "RA", "TA", "MIA", "avg_gap"):
         assert abs(m2["unlearned"][key] - m1["unlearned"][key]) <= DDP_TOLERANCE, (key, m2["unlearned"], m1["unlearned"])
     manifest = json.loads((ddp / "manifest.json").read_text())

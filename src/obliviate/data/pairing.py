@@ -126,13 +126,16 @@ class PassesBatchSampler(Sampler[list[int]]):
     batches of ``batch_size × num_replicas`` rows and splits each of them into
     ``num_replicas`` near-equal per-process batches: a step never mixes the two sides. A
     side's last global batch with fewer rows than processes repeats rows to give every
-    process one.
+    process one. The per-process size is ``rows_per_batch``, deliberately not ``batch_size``:
+    accelerate's ``BatchSamplerShard`` drops or pads batches shorter than a sampler's
+    ``batch_size``, which differs per process at a side's end and deadlocked DDP; without it
+    every batch is dealt as it is (all processes take the same number of steps).
     """
 
     def __init__(self, n_forget: int, n_retain: int, batch_size: int, seed: int = 0, num_replicas: int = 1) -> None:
         if batch_size < 1 or num_replicas < 1:
             raise DataError(f"batch_size and num_replicas must be >= 1, got {batch_size}, {num_replicas}")
-        self.n_forget, self.n_retain, self.batch_size, self.seed = int(n_forget), int(n_retain), int(batch_size), int(seed)
+        self.n_forget, self.n_retain, self.rows_per_batch, self.seed = int(n_forget), int(n_retain), int(batch_size), int(seed)
         self.num_replicas = int(num_replicas)
         self.epoch = 0
 
@@ -140,11 +143,11 @@ class PassesBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        step = self.batch_size * self.num_replicas
+        step = self.rows_per_batch * self.num_replicas
         return (math.ceil(self.n_forget / step) + math.ceil(self.n_retain / step)) * self.num_replicas
 
     def __iter__(self):
-        step = self.batch_size * self.num_replicas
+        step = self.rows_per_batch * self.num_replicas
         for side, (offset, n) in enumerate(((0, self.n_forget), (self.n_forget, self.n_retain))):
             order = np.random.default_rng([self.seed, self.epoch, side]).permutation(n) + offset
             for start in range(0, n, step):

@@ -85,6 +85,27 @@ def test_passes_under_ddp_keep_each_optimizer_step_on_one_side():
     assert tiny[:2] == [[0], [0]] and all(tiny)
 
 
+
+def test_passes_dealt_by_accelerate_give_every_process_the_same_steps():
+    """What each DDP process really iterates: accelerate's BatchSamplerShard over the sampler.
+    Every process takes the same number of batches, step k is on one side for all of them, and
+    together they see every row (a sampler ``batch_size`` made accelerate drop the short
+    per-process batches at a side's end, and the ranks deadlocked)."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    from obliviate.data.pairing import PassesBatchSampler
+
+    for n_forget, n_retain, bs in ((10, 90, 32), (144, 1293, 32), (5, 11, 3), (1, 4, 4)):
+        sampler = PassesBatchSampler(n_forget, n_retain, batch_size=bs, seed=0, num_replicas=2)
+        per_rank = [list(BatchSamplerShard(sampler, num_processes=2, process_index=r, split_batches=False, even_batches=True))
+                    for r in range(2)]
+        assert len(per_rank[0]) == len(per_rank[1]) == len(sampler) // 2, (n_forget, n_retain)
+        for a, b in zip(*per_rank):
+            sides = {"forget" if i < n_forget else "retain" for i in (*a, *b)}
+            assert len(sides) == 1 and a and b
+        seen = {i for rank in per_rank for batch in rank for i in batch}
+        assert seen == set(range(n_forget + n_retain))
+
 def test_mixed_epochs_shuffle_forget_with_a_fixed_share_of_retain():
     forget, retain = _ds(4), _ds(20, offset=100)
     mixed = ForgetRetainDataset(forget, retain, anchor="mixed", seed=1, retain_fraction=0.3)
