@@ -35,15 +35,15 @@ def test_train_returns_what_it_wrote(trained):
 
 def test_unlearn_applies_the_preset_but_never_over_the_users_keys(trained):
     out, _ = trained
-    base = [*FAST, f"original_checkpoint={out / 'original'}", f"retrain_checkpoint={out / 'retrain'}", "trainer=GA"]
-    preset_run = out.parent / "ga_preset"
+    base = [*FAST, f"original_checkpoint={out / 'original'}", f"retrain_checkpoint={out / 'retrain'}", "trainer=SCRUB"]
+    preset_run = out.parent / "scrub_preset"
     cfg = jobs.compose("unlearn", [*base, f"paths.output_dir={preset_run}"])
-    preset_lr, default_lr = float(cfg.presets.GA.args.learning_rate), float(cfg.trainer.args.learning_rate)
+    preset_lr, default_lr = float(cfg.presets.SCRUB.args.learning_rate), float(cfg.trainer.args.learning_rate)
     res = jobs.unlearn(cfg, [*base, f"paths.output_dir={preset_run}"])
-    assert res["method"] == "GA" and res["unlearned"]["UA"] > res["original"]["UA"]  # it forgets
+    assert res["method"] == "SCRUB" and res["unlearned"]["UA"] > res["original"]["UA"]  # it forgets
     assert json.loads((preset_run / "manifest.json").read_text())["status"] == "completed"
     assert float(OmegaConf.load(preset_run / "config.yaml").trainer.args.learning_rate) == preset_lr != default_lr
-    mine = [*base, "trainer.args.learning_rate=0.0", f"paths.output_dir={out.parent / 'ga_mine'}"]
+    mine = [*base, "trainer.args.learning_rate=0.0", f"paths.output_dir={out.parent / 'scrub_mine'}"]
     res = jobs.unlearn(jobs.compose("unlearn", mine), mine)  # the user's lr=0 wins over the preset: nothing moves
     assert res["unlearned"]["UA"] == pytest.approx(res["original"]["UA"])
 

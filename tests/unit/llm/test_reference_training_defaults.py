@@ -55,7 +55,8 @@ def test_tiny_offline_experiment_keeps_its_own_small_settings(hydra_ctx):
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.learning_rate, args.warmup_epochs) == (4, 1, 1e-3, 0)
     assert cfg.train.args.warmup_epochs == 0
     vision = compose(config_name="unlearn", overrides=["trainer=GradDiff"])  # the shared GradDiff.yaml on the vision track
-    assert (vision.trainer.args.warmup_epochs, vision.trainer.args.bf16, vision.trainer.args.optim) == (0, False, "adamw_torch")
+    # the vision experiments' own optimizer (SGD as Unlearn-Sparse/Saliency), no warm-up, no bf16
+    assert (vision.trainer.args.warmup_epochs, vision.trainer.args.bf16, vision.trainer.args.optim) == (0, False, "sgd")
 
 
 def test_warmup_epochs_become_steps_from_the_data_set_and_the_world_size(tmp_path, monkeypatch):
