@@ -26,6 +26,11 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
+def plain(node: Any) -> Any:
+    """A config node as plain Python containers (resolved); anything else as it is."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
 def training_arguments(args: dict[str, Any] | DictConfig, output_dir: str | Path, seed: int, n_train: int | None = None) -> TrainingArguments:
     """Build ``TrainingArguments`` from a config block; unknown keys fail with a clear message.
 

@@ -31,11 +31,9 @@ from obliviate.errors import ConfigError
 from obliviate.methods import METHODS
 from obliviate.models.adapters import CausalLMAdapter
 from obliviate.pipelines import llm_eval
-from obliviate.pipelines.common import latest_checkpoint, timer
+from obliviate.pipelines.common import latest_checkpoint, plain, timer, training_arguments
 from obliviate.pipelines.llm_stages import (  # noqa: F401  (the stages are this module's API too)
-    _args,
     _data_info,
-    _plain,
     _probe_limit,
     answer_nll,
     answer_probs,
@@ -65,7 +63,7 @@ def finetune(model: nn.Module, dataset: QADataset, collator: Any, args_cfg: Any,
     Returns:
         ``(seconds, log history)``.
     """
-    args = _args(args_cfg, out_dir, seed, len(dataset))
+    args = training_arguments(args_cfg, out_dir, seed, len(dataset))
     trainer = SupervisedTrainer(model, args, CausalLMAdapter(), train_dataset=dataset, data_collator=collator)
     with timer() as t:
         trainer.train(resume_from_checkpoint=latest_checkpoint(out_dir) if resume else None)
@@ -97,7 +95,7 @@ def run_train(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]
     bs = int(cfg.get("eval_batch_size", 16))
     probes, probe_info = probe_sets({k: data[k] for k in SPLITS}, _probe_limit(cfg), seed)
     write_json(run_dir / "eval" / "probe_indices.json", {k: v["indices"] for k, v in probe_info.items()})
-    result: dict[str, Any] = {"track": "llm", "command": "train", "status": "completed", "model": _plain(cfg.model.get("model_args")),
+    result: dict[str, Any] = {"track": "llm", "command": "train", "status": "completed", "model": plain(cfg.model.get("model_args")),
                               "data": {k: _data_info(data[k], cfg.data.get(k)) for k in ("full", *SPLITS)},
                               "probes": probe_summary(probe_info), "stages": {}}
     initial_means, initial_per = measure(model, probes, bs, "initial")
@@ -139,7 +137,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
     tracks = METHODS.meta(handler).get("tracks")
     if tracks is not None and "llm" not in tracks:
         raise ConfigError(f"method {handler} is not available for the LLM track; LLM methods: {', '.join(METHODS.names(tracks='llm'))}")
-    method_args = _plain(cfg.trainer.get("method_args")) or {}
+    method_args = plain(cfg.trainer.get("method_args")) or {}
     trainer_cls, method = build_trainer(handler, method_args)
     owner: Any = method if method is not None else trainer_cls
     paths = text_data_paths(cfg)
@@ -194,10 +192,10 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str,
         "divergence": guard.report(),
         "method": handler,
         "method_args": method_args,
-        "model": _plain(cfg.model.get("model_args")),
+        "model": plain(cfg.model.get("model_args")),
         "original_checkpoint": cfg.get("original_checkpoint"),
         "retrain_checkpoint": cfg.get("retrain_checkpoint"),
-        "lora": _plain(cfg.get("lora")),
+        "lora": plain(cfg.get("lora")),
         "data": {k: _data_info(ds, cfg.data.get(k)) for k, ds in datasets.items()},
         # the NLL probes: rows measured (a seeded sample of probe_samples rows) of rows in each set
         "probes": probe_summary(probe_info),

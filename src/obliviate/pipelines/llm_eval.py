@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from transformers import TrainerCallback
 
 from obliviate.distributed import write_json_main
 from obliviate.errors import ConfigError
 from obliviate.io import read_json
+from obliviate.pipelines.common import plain
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ HEADLINE_KEYS = ("forget_quality", "model_utility", "forget_truth_ratio", "forge
                  "retain_Q_A_Prob", "retain_Q_A_ROUGE", "privleak", "mia_min_k", "extraction_strength", "exact_memorization")
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 @dataclass
@@ -76,7 +75,7 @@ def selected_evaluators(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         handler = ecfg.get("handler")
         if handler not in EVALUATORS:
             raise ConfigError(f"eval.{name}.handler '{handler}' is unknown; available: {', '.join(EVALUATORS)}")
-        out[str(name)] = _plain(ecfg)
+        out[str(name)] = plain(ecfg)
     return out
 
 
@@ -178,7 +177,7 @@ def prepare_evaluations(cfg: DictConfig, tokenizer: Any, paths: dict[str, Any]) 
     out = []
     data = cfg.get("data") or {}
     cache_dir = paths.get("cache_dir") if data.get("cache_tokenized", True) else None
-    template_args = _plain(cfg.model.get("template_args")) or {}
+    template_args = plain(cfg.model.get("template_args")) or {}
     for name, ecfg in selected_evaluators(cfg).items():
         backend = _backend(ecfg)
         loader = backend.load if backend is not None else load_eval_splits
@@ -382,7 +381,7 @@ def run_eval(cfg: DictConfig, run_dir: Path, run: Any = None) -> dict[str, Any]:
     model, tokenizer = load_model(cfg)
     evaluations = prepare_evaluations(cfg, tokenizer, paths)
     result: dict[str, Any] = {"track": "llm", "command": "eval", "status": "completed", "method": _source_method(cfg),
-                              "model": _plain(cfg.model.get("model_args")), "eval": {}}
+                              "model": plain(cfg.model.get("model_args")), "eval": {}}
     for ev in evaluations:
         if run is not None:
             run.data_files.update({f"eval.{ev.name}.{k}": v for k, v in ev.files.items()})

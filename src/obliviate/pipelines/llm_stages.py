@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from transformers import set_seed
 
@@ -36,20 +36,15 @@ from obliviate.engine.trainer import build_trainer
 from obliviate.errors import ConfigError, DataError
 from obliviate.models.adapters import CausalLMAdapter
 from obliviate.models.llm import load_causal_lm, save_causal_lm
-from obliviate.pipelines.common import latest_checkpoint, training_arguments
+from obliviate.pipelines.common import latest_checkpoint, plain, training_arguments
 
 log = logging.getLogger(__name__)
 
 
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
 # ----------------------------------------------------------------------------- model
 def load_model(cfg: DictConfig) -> tuple[nn.Module, Any]:
     """The configured causal LM and tokenizer (``original_checkpoint`` replaces the model path)."""
-    model_cfg = _plain(cfg.model)
+    model_cfg = plain(cfg.model)
     ckpt = cfg.get("original_checkpoint")
     if ckpt:
         margs = model_cfg.setdefault("model_args", {})
@@ -59,6 +54,7 @@ def load_model(cfg: DictConfig) -> tuple[nn.Module, Any]:
         margs["pretrained_model_name_or_path"] = str(ckpt)
     set_seed(int(cfg.seed))
     return load_causal_lm(model_cfg)
+
 
 def maybe_lora(model: nn.Module, cfg: DictConfig) -> nn.Module:
     """Wrap ``model`` with LoRA adapters when ``lora.enabled`` (only adapters then train)."""
@@ -74,6 +70,7 @@ def maybe_lora(model: nn.Module, cfg: DictConfig) -> nn.Module:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("LoRA r=%s on %s: %d trainable parameters", lora.r, targets or "all linear layers", trainable)
     return model
+
 
 def save_model_dir(model: nn.Module, tokenizer: Any, out_dir: Path, cfg: DictConfig) -> str:
     """Save the model with ``save_pretrained``; returns the directory to load it from.
@@ -99,14 +96,16 @@ def save_model_dir(model: nn.Module, tokenizer: Any, out_dir: Path, cfg: DictCon
     save_causal_lm(model, tokenizer, out_dir, merge_lora=True)
     return str(out_dir)
 
+
 # ----------------------------------------------------------------------------- data
 def text_data_paths(cfg: DictConfig) -> dict[str, Any]:
     """``cfg.paths`` as a dict, after generating the synthetic data set when ``synthetic`` is set."""
-    paths = _plain(cfg.paths)
+    paths = plain(cfg.paths)
     syn = cfg.get("synthetic")
     if syn:
-        write_synthetic_tofu(paths["tofu"], **_plain(syn))
+        write_synthetic_tofu(paths["tofu"], **plain(syn))
     return paths
+
 
 def load_split(cfg: DictConfig, key: str, tokenizer: Any, *, idk: bool = False, paths: dict | None = None) -> QADataset | None:
     """Tokenised dataset named by ``cfg.data[key]`` (``None`` when unset).
@@ -119,12 +118,13 @@ def load_split(cfg: DictConfig, key: str, tokenizer: Any, *, idk: bool = False, 
     paths = paths if paths is not None else text_data_paths(cfg)
     name, spec = resolve_dataset_spec(value, paths)
     cache_dir = paths.get("cache_dir") if cfg.data.get("cache_tokenized", True) else None
-    template_args = _plain(cfg.model.get("template_args")) or {}
+    template_args = plain(cfg.model.get("template_args")) or {}
     if idk and spec["handler"] != "QAwithIdkDataset":
         args = dict(spec["args"])
         idk_path = cfg.data.get("idk") or f"{paths.get('tofu')}/idontknow.jsonl"
         return QAwithIdkDataset(**args, idk_path=idk_path, tokenizer=tokenizer, template_args=template_args, cache_dir=cache_dir, name=name)
     return build_text_dataset(name, spec, tokenizer, template_args, cache_dir)
+
 
 def check_forget_retain(forget: QADataset, retain: QADataset | None) -> None:
     """Forget and retain must not share a QA pair (by content hash); names the first ones."""
@@ -138,6 +138,7 @@ def check_forget_retain(forget: QADataset, retain: QADataset | None) -> None:
 
     check_no_overlap(keys(forget), keys(retain), what="document" if hasattr(forget, "overlap_keys") else "QA pair")
 
+
 def make_collator(cfg: DictConfig, tokenizer: Any) -> DataCollatorForSupervisedDataset:
     """The configured collator (``collator=DataCollatorForSupervisedDataset``)."""
     from obliviate.data.text.pretraining import COLLATORS  # + DataCollatorForPretraining (raw text: every token trained)
@@ -146,7 +147,8 @@ def make_collator(cfg: DictConfig, tokenizer: Any) -> DataCollatorForSupervisedD
     name = node.get("name", "DataCollatorForSupervisedDataset")
     if name not in COLLATORS:
         raise ConfigError(f"collator '{name}' is not available for the LLM track; use one of: {', '.join(COLLATORS)}")
-    return COLLATORS[name](tokenizer, **(_plain(node.get("collator_args")) or {}))
+    return COLLATORS[name](tokenizer, **(plain(node.get("collator_args")) or {}))
+
 
 # ----------------------------------------------------------------------------- measurements
 @torch.no_grad()
@@ -174,11 +176,13 @@ def answer_nll(model: nn.Module, dataset: QADataset, batch_size: int = 16, desc:
         model.train(was_training)
     return [-float(r.logp.mean()) if r.logp.size else 0.0 for group in records for r in group]
 
+
 def answer_probs(per_sample_nll: dict[str, list[float]]) -> dict[str, float]:
     """Mean answer probability per dataset: the mean over sequences of ``exp(-mean answer NLL)``."""
     import math
 
     return {k: float(sum(math.exp(-x) for x in v) / len(v)) for k, v in per_sample_nll.items() if v}
+
 
 def probe_sets(datasets: dict[str, QADataset | None], limit: int | None, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """At most ``limit`` rows of each dataset for the before/after NLL probes (seeded sample).
@@ -210,6 +214,7 @@ def probe_sets(datasets: dict[str, QADataset | None], limit: int | None, seed: i
         out[name], info[name] = sub, {"n": len(idx), "of": n, "indices": idx}
     return out, info
 
+
 def measure(model: nn.Module, datasets: dict[str, QADataset | None], batch_size: int,
             when: str = "") -> tuple[dict[str, float], dict[str, list[float]]]:
     """Mean and per-sequence answer NLL on each named dataset (``when`` labels the progress bars)."""
@@ -220,30 +225,22 @@ def measure(model: nn.Module, datasets: dict[str, QADataset | None], batch_size:
             means[name] = float(sum(per[name]) / len(per[name]))
     return means, per
 
+
 def _probe_limit(cfg: DictConfig) -> int | None:
     value = cfg.get("probe_samples", 256)
     return None if value is None else int(value)
+
 
 def probe_summary(info: dict[str, Any]) -> dict[str, Any]:
     """metrics.json block: rows probed of rows in the set, per split (the sampled indices go to eval/)."""
     return {name: {"n": v["n"], "of": v["of"], "sampled": v["indices"] is not None} for name, v in info.items()}
 
-def _args(args_cfg: Any, out_dir: Path, seed: int, n_train: int | None = None):
-    raw = dict(_plain(args_cfg) or {})
-    if not torch.cuda.is_available():
-        for flag in ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval"):
-            if raw.get(flag):
-                log.info("no GPU: ignoring trainer args %s=true", flag)
-                raw[flag] = False
-        if str(raw.get("optim", "")).startswith("paged_"):
-            log.info("no GPU: optim %s -> adamw_torch", raw["optim"])
-            raw["optim"] = "adamw_torch"
-    return training_arguments(raw, out_dir, seed, n_train)
 
 def _data_info(ds: QADataset | None, value: Any) -> dict[str, Any] | None:
     if ds is None:
         return None
     return {"name": value if isinstance(value, str) else getattr(ds, "name", "inline"), "n": len(ds), "sha256_16": ds.content_hash()}
+
 
 def check_sources(cfg: DictConfig, paths: dict[str, Any], run: Any = None) -> None:
     """Resolve every configured dataset before any model is loaded: bad names and missing
@@ -287,7 +284,7 @@ def unlearn(model: nn.Module, cfg: DictConfig, forget: QADataset, retain: QAData
         ``(model, log history, optimizer steps taken)``.
     """
     handler = str(cfg.trainer.handler)
-    method_args = _plain(cfg.trainer.get("method_args")) or {}
+    method_args = plain(cfg.trainer.get("method_args")) or {}
     trainer_cls, method = build_trainer(handler, method_args)
     owner: Any = method if method is not None else trainer_cls
     adapter = CausalLMAdapter()
@@ -300,8 +297,8 @@ def unlearn(model: nn.Module, cfg: DictConfig, forget: QADataset, retain: QAData
         return model, [], 0
     pairs = ForgetRetainDataset(forget, retain if getattr(owner, "needs_retain", True) else None,
                                 anchor=getattr(owner, "anchor", "forget"), seed=seed)
-    args_cfg: Any = cfg.trainer.args if not args_overrides else {**(_plain(cfg.trainer.args) or {}), **args_overrides}
-    args = _args(args_cfg, out_dir / "trainer", seed, len(pairs))
+    args_cfg: Any = cfg.trainer.args if not args_overrides else {**(plain(cfg.trainer.args) or {}), **args_overrides}
+    args = training_arguments(args_cfg, out_dir / "trainer", seed, len(pairs))  # CPU fallbacks (bf16, paged optim) logged there
     extra = {"method": method} if method is not None else {"method_args": method_args}
     trainer = trainer_cls(model, args, adapter=adapter, train_dataset=pairs, data_collator=PairCollator(collator), guard=guard,
                           callbacks=list(callbacks or []), **extra)

@@ -21,6 +21,7 @@ from obliviate.engine.progress import progress_label
 from obliviate.io import atomic_write_json
 from obliviate.run import Run
 from obliviate.pipelines import llm, llm_stages
+from obliviate.pipelines.common import plain
 from obliviate.report.table import format_table
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def run_quickstart_llm(cfg: DictConfig, run_dir: Path, compose_unlearn_run: Call
         row.update({"status": res["status"], "time_s": res["unlearn_time_s"], "run_dir": str(out)})
         rows.append(row)
     summary = {"track": "llm", "model": cfg.model.get("builder"), "seed": seed, "status": "completed",
-               "data": {"full": len(full), "forget": len(forget), "retain": len(retain), "synthetic": llm_stages._plain(cfg.get("synthetic"))},
+               "data": {"full": len(full), "forget": len(forget), "retain": len(retain), "synthetic": plain(cfg.get("synthetic"))},
                "target": {"dir": target_dir, "train_time_s": train_s, "log_history": history}, "rows": rows}
     atomic_write_json(run_dir / "summary.json", summary)
     print(f"tiny-llama, synthetic authors: target model fine-tuned on {len(full)} QA pairs, forget10 = {len(forget)} pairs\n"

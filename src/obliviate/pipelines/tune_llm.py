@@ -34,13 +34,12 @@ from obliviate.metrics.retrain_free import (
     teacher_forced_utility,
 )
 from obliviate.pipelines import llm, llm_eval, llm_stages
+from obliviate.pipelines.common import plain
 from obliviate.pipelines.study import file_lock
 
 log = logging.getLogger(__name__)
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def _first_row(root: str, name: str) -> dict[str, Any] | None:
@@ -96,7 +95,7 @@ class LLMProblem:
             raise ConfigError("obliviate tune on the LLM track needs the TOFU evaluator's splits; keep eval=tofu (the tune default)")
         self.eval_name, ecfg = next(iter(evaluators.items()))
         handler = str(cfg.trainer.handler)
-        self.method_args = _plain(cfg.trainer.get("method_args")) or {}
+        self.method_args = plain(cfg.trainer.get("method_args")) or {}
         trainer_cls, method = build_trainer(handler, self.method_args)
         owner: Any = method if method is not None else trainer_cls
         self.paths = llm_stages.text_data_paths(cfg)
@@ -116,7 +115,7 @@ class LLMProblem:
         limit = cfg.tune.get("max_samples") or ecfg.get("max_samples")
         obj_cfg = {**ecfg, "_name": self.eval_name, "max_samples": limit, "splits": {**(ecfg.get("splits") or {}), "holdout": spec}}
         cache_dir = self.paths.get("cache_dir") if cfg.data.get("cache_tokenized", True) else None
-        self.splits, self.files = llm_eval.load_eval_splits(obj_cfg, self.tokenizer, _plain(cfg.model.get("template_args")) or {}, cache_dir)
+        self.splits, self.files = llm_eval.load_eval_splits(obj_cfg, self.tokenizer, plain(cfg.model.get("template_args")) or {}, cache_dir)
         missing = [k for k in ("forget", "holdout", "retain", "ra", "wf") if k not in self.splits]
         if missing:
             raise ConfigError(f"the retrain-free objective needs the evaluator splits {', '.join(missing)} (eval.{self.eval_name}.splits)")
@@ -135,9 +134,9 @@ class LLMProblem:
     # ------------------------------------------------------------------ references
     def identity(self) -> dict[str, Any]:
         """What the study's trials depend on (a rerun with other data or model is refused)."""
-        margs = _plain(self.cfg.model.get("model_args")) or {}
+        margs = plain(self.cfg.model.get("model_args")) or {}
         return {"model": str(self.cfg.get("original_checkpoint") or margs.get("pretrained_model_name_or_path")),
-                "forget": _plain(self.cfg.data.get("forget")), "retain": _plain(self.cfg.data.get("retain")),
+                "forget": plain(self.cfg.data.get("forget")), "retain": plain(self.cfg.data.get("retain")),
                 "holdout": self.holdout, "n": {k: len(v) for k, v in self.splits.items()}, "seed": self.seed}
 
     def data_files(self) -> dict[str, str]:
