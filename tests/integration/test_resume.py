@@ -11,17 +11,20 @@ import pytest
 from tests.integration.test_vision_cli import OBLIVIATE, run
 
 KEYS = ("UA", "RA", "TA", "MIA", "avg_gap")
+# All 1,437 training images (the demo experiment keeps 10 per class, and RL's 2 steps an epoch would
+# reach checkpoint-12 only at its very end): 7 steps an epoch, 42 in all, so checkpoint-12 is mid-run.
+FULL_DIGITS = "data.max_train_per_class=null"
 
 
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory):
     out = tmp_path_factory.mktemp("refs")
-    run("train", "forget_class=9", f"paths.output_dir={out}", "train.args.num_train_epochs=8", cwd=out)
+    run("train", "forget_class=9", FULL_DIGITS, f"paths.output_dir={out}", "train.args.num_train_epochs=8", cwd=out)
     return out
 
 
 def _args(refs, out):
-    return ["unlearn", "trainer=RL", "forget_class=9", f"paths.output_dir={out}",
+    return ["unlearn", "trainer=RL", "forget_class=9", FULL_DIGITS, f"paths.output_dir={out}",
             f"original_checkpoint={refs / 'original'}", f"retrain_checkpoint={refs / 'retrain'}",
             "trainer.args.num_train_epochs=6", "trainer.args.save_strategy=steps", "trainer.args.save_steps=4",
             "trainer.args.learning_rate=5e-4"]

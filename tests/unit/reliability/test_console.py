@@ -92,7 +92,7 @@ def test_interrupt_prints_one_line_and_exits_130(sig, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(__import__("obliviate").__path__[0].rsplit(os.sep, 1)[0]),
                                                          os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "obliviate.cli", "unlearn", "trainer=GA", "forget_class=9", f"paths.output_dir={out}",
-                             "train.args.num_train_epochs=500"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "train.args.num_train_epochs=500", "data.max_train_per_class=null"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
     deadline = time.time() + 120
     while not (out / "manifest.json").exists() and proc.poll() is None and time.time() < deadline:
