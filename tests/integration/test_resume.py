@@ -11,9 +11,13 @@ import pytest
 from tests.integration.test_vision_cli import OBLIVIATE, run
 
 KEYS = ("UA", "RA", "TA", "MIA", "avg_gap")
-# All 1,437 training images (the demo experiment keeps 10 per class, and RL's 2 steps an epoch would
-# reach checkpoint-12 only at its very end): 7 steps an epoch, 42 in all, so checkpoint-12 is mid-run.
+# All 1,437 training images (the demo experiment keeps 10 per class) in RL's batches of 256: a forget
+# pass (1 step) and a retain pass (6 steps) an epoch, 42 steps in all. Checkpoints every 4 steps and
+# none rotated away: the test kills the run as soon as the first one is complete (the last one would
+# be checkpoint-42), so the window does not depend on how fast the machine takes the steps between
+# two saves (with rotation and batches of 8, checkpoint-12 lived ~30 ms and CI missed it).
 FULL_DIGITS = "data.max_train_per_class=null"
+LAST_STEP = 42
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,8 @@ def _args(refs, out):
     return ["unlearn", "trainer=RL", "forget_class=9", FULL_DIGITS, f"paths.output_dir={out}",
             f"original_checkpoint={refs / 'original'}", f"retrain_checkpoint={refs / 'retrain'}",
             "trainer.args.num_train_epochs=6", "trainer.args.save_strategy=steps", "trainer.args.save_steps=4",
-            "trainer.args.learning_rate=5e-4"]
+            "trainer.args.learning_rate=5e-4", "trainer.args.per_device_train_batch_size=256",
+            "trainer.args.save_total_limit=null"]
 
 
 def test_killed_run_resumes_to_the_same_metrics(refs, tmp_path):
@@ -38,13 +43,16 @@ def test_killed_run_resumes_to_the_same_metrics(refs, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([OBLIVIATE, *_args(refs, killed)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    target = killed / "unlearned" / "trainer" / "checkpoint-12"
+    trainer_dir = killed / "unlearned" / "trainer"
+    # complete = its trainer_state.json is written (the Trainer writes it last)
+    first = trainer_dir / "checkpoint-4" / "trainer_state.json"
     deadline = time.time() + 300
-    while not target.is_dir() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    while not first.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert target.is_dir(), "the run ended before it could be killed mid-training"
+    assert first.is_file(), "the run ended before it could be killed mid-training"
+    assert not (trainer_dir / f"checkpoint-{LAST_STEP}").exists(), "killed after training had ended"
     assert not (killed / "metrics.json").exists()
     assert json.loads((killed / "manifest.json").read_text())["status"] == "running"  # SIGKILL: no chance to mark it
 
