@@ -178,6 +178,10 @@ def test_resume_continues_an_interrupted_study(tmp_path):
     retry = next(t for t in data["trials"] if t.get("retry_of") == 2)
     assert retry["state"] == "COMPLETE" and retry["params"] == by[2]["params"] == cut.params
     assert sum(not t.get("interrupted") for t in data["trials"]) == 4
+    # the resumed process draws new parameters (a seeded sampler restarted from its seed
+    # would replay trial 1's draw: CIFAR-10 searches repeated three trials that way)
+    fresh = next(t for t in data["trials"] if t["number"] > 2 and t.get("retry_of") is None)
+    assert fresh["params"] != by[1]["params"]
     study = load_study(out)
     assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 4
     # a finished study: running again adds no trial

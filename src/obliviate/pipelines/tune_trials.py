@@ -137,6 +137,11 @@ def load_study(s: Any, identity: dict[str, Any]) -> Any:
               if s.pruner == "median" else optuna.pruners.NopPruner())
     study = optuna.create_study(study_name=s.study_name, storage=storage(s.storage), direction="minimize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
+    earlier = len(study.get_trials(deepcopy=False))
+    if seed is not None and earlier:
+        # a resumed study: the seeded sampler would replay the first process's random draws
+        # (its start-up trials are random), repeating trials the study already holds
+        study.sampler = optuna.samplers.TPESampler(seed=seed + earlier)
     have = study.user_attrs.get("identity")
     if have is None:
         study.set_user_attr("identity", identity)
