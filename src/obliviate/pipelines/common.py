@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -160,11 +161,20 @@ def latest_checkpoint(trainer_dir: str | Path) -> str | None:
     """The complete ``checkpoint-<step>`` folder with the highest step under ``trainer_dir`` (or None).
 
     The HF Trainer writes ``trainer_state.json`` last, after model, optimizer, scheduler and RNG
-    states; a folder without it was cut short by a kill and is skipped.
+    states; a folder without it, or with one that does not parse (a kill while it was being
+    written), was cut short and is skipped.
     """
     trainer_dir = Path(trainer_dir)
     if not trainer_dir.is_dir():
         return None
     steps = [(int(p.name.split("-")[-1]), p) for p in trainer_dir.glob("checkpoint-*")
-             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+             if p.name.split("-")[-1].isdigit() and _complete_state(p / "trainer_state.json")]
     return str(max(steps)[1]) if steps else None
+
+
+def _complete_state(path: Path) -> bool:
+    """Whether ``path`` (a checkpoint's trainer_state.json) exists and parses as a JSON object."""
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False

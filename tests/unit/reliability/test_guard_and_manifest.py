@@ -85,10 +85,10 @@ def test_latest_checkpoint_skips_a_checkpoint_cut_short(tmp_path):
     from obliviate.pipelines.common import latest_checkpoint
 
     assert latest_checkpoint(tmp_path / "none") is None
-    for step, complete in ((4, True), (8, True), (12, False)):
+    for step, state in ((4, "{}"), (8, '{"global_step": 8}'), (12, None), (16, '{"global_st')):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
         (d / "model.safetensors").write_bytes(b"x")
-        if complete:
-            (d / "trainer_state.json").write_text("{}")
+        if state is not None:  # 12: killed before trainer_state.json; 16: killed while writing it
+            (d / "trainer_state.json").write_text(state)
     assert latest_checkpoint(tmp_path).endswith("checkpoint-8")
