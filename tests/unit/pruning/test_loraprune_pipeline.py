@@ -15,12 +15,8 @@ LLM = ["experiment=llm/tofu_synthetic", "synthetic.n_authors=6", "synthetic.qa_p
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
+def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _cfg(overrides):

@@ -12,15 +12,6 @@ from obliviate.pruning import PRUNERS, attached_masks, measure_sparsity
 from obliviate.pruning.magnitude import RewindCapture, global_magnitude_masks, imp_round_rates
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: much faster on a shared, oversubscribed CPU; restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class Hand(nn.Module):
     """Two hidden layers with hand-set weights + a head (the last Linear)."""
 

@@ -13,15 +13,6 @@ from obliviate.models.vision import DigitsCNN
 from obliviate.pruning import PRUNERS, attach_masks, detach_masks, enforce_masks, load_masks, measure_sparsity, save_masks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: much faster on a shared, oversubscribed CPU; restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _pruned(rate=0.8, seed=0):
     torch.manual_seed(seed)
     model = DigitsCNN()

@@ -23,13 +23,9 @@ COMMON = ("params_before", "params_after", "nonzero_params_before", "nonzero_par
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
+def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _cfg(overrides):

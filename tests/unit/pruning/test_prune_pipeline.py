@@ -14,14 +14,6 @@ from obliviate.pipelines.prune import finalize_model, lora_options, prepare_mode
 from obliviate.pruning import PRUNERS, measure_sparsity, save_masks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _data():
     g = torch.Generator().manual_seed(0)
     ds = TensorImageDataset(torch.randn(40, 1, 8, 8, generator=g), torch.arange(40) % 10)

@@ -21,15 +21,6 @@ from obliviate.pruning.unlearning import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one intra-op thread is faster, and fair on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_config_defaults_and_validation():
     cfg = UnlearningPruneConfig()
     assert (cfg.unlearning_threshold, cfg.unlearning_epsilon, cfg.min_retain_performance, cfg.forget_retain_ratio) == (
