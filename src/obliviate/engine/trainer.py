@@ -94,6 +94,9 @@ class UnlearningTrainer(Trainer):
     anchor: ClassVar[str] = "forget"
     # A method's loss is a mean over its micro-batch: the Trainer divides it by the
     # gradient-accumulation steps (as transformers 4.45, the reference framework's version).
+    # transformers >= 5.2x reads this flag; earlier 5.x releases (5.17 on the GPU image) skip
+    # the division when the model's forward takes **kwargs unless model_accepts_loss_kwargs
+    # is False, which __init__ sets too (tests/unit/llm/test_reference_training_defaults.py).
     loss_is_scaled_for_ga = False
 
     def __init__(
@@ -111,6 +114,7 @@ class UnlearningTrainer(Trainer):
         self.guard = kwargs.pop("guard", None)  # obliviate.engine.guard.DivergenceGuard
         self._micro = (-1, 0)  # (global step, micro-batch index) for per-step seeding
         super().__init__(model=model, args=args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # see loss_is_scaled_for_ga
         tidy_progress(self, "unlearn")  # labelled bar with the logs as postfix, not printed dicts
         self.method = method
         if method is not None and method_args:
@@ -267,6 +271,7 @@ class SupervisedTrainer(Trainer):
             raise ConfigError(f"reduction must be 'token' or 'sequence', got {reduction!r}")
         args.remove_unused_columns = False
         super().__init__(model=model, args=args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # see UnlearningTrainer.loss_is_scaled_for_ga
         tidy_progress(self, "train")
         self.adapter, self.reduction = adapter, reduction
 

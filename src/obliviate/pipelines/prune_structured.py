@@ -174,7 +174,8 @@ def retain_batches_for(forget_batches: Sequence[Any], retain: Any, collate: Call
 
 # ----------------------------------------------------------------------------- vision
 def _ce(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return nn.functional.cross_entropy(model(batch["pixel_values"]).float(), batch["labels"])
+    device = next(model.parameters()).device
+    return nn.functional.cross_entropy(model(batch["pixel_values"].to(device)).float(), batch["labels"].to(device))
 
 
 def vision_unlearning_prune(model: nn.Module, split: Any, opts: dict[str, Any], seed: int) -> tuple[nn.Module, dict[str, Any]]:

@@ -66,9 +66,10 @@ def build_model(cfg: DictConfig, data: VisionData, seed: int) -> nn.Module:
 def predict(model: nn.Module, dataset: TensorImageDataset, batch_size: int = 512) -> dict[str, np.ndarray]:
     """One forward pass over ``dataset``: index, label, prediction, true-class confidence, loss."""
     model.eval()
+    device = next(model.parameters()).device  # a model the Trainer trained stays on its GPU
     out: dict[str, list] = {"index": [], "label": [], "pred": [], "confidence": [], "loss": []}
     for batch in DataLoader(dataset.with_augment(False), batch_size=batch_size, collate_fn=stack_collate):
-        logits = model(batch["pixel_values"]).float()  # [b, C]
+        logits = model(batch["pixel_values"].to(device)).float().cpu()  # [b, C]
         logp = torch.log_softmax(logits, -1)
         y = batch["labels"]
         true_logp = logp.gather(1, y[:, None]).squeeze(1)
