@@ -107,11 +107,11 @@ def test_llm_objective_without_holdout_perturbations():
     t = llm_objective(_results(False), utility_target=0.8, tolerance=0.1, weight=10.0)
     # answers: forget {0.6..0.9} vs holdout {0.1,0.2,0.3,0.65}: at 0.3 F_h = 3/4, F_f = 0 -> 0.75
     assert t["ks_prob"] == pytest.approx(0.75)
-    # paraphrased forget {0.2..0.5} vs holdout answers: at 0.3, F_f = 2/4, F_h = 3/4; at 0.5 1 vs 3/4; at 0.2 1/4 vs 2/4 -> 0.25
-    assert t["ks_para"] == pytest.approx(0.25)
-    assert t["ks_pert"] == pytest.approx(1.0)  # every perturbed probability is below every holdout answer's
-    assert t["ks_truth_ratio"] is None
-    assert t["distance"] == pytest.approx((0.75 + 0.25 + 1.0) / 3)
+    # The forget set's paraphrased / perturbed answers are other texts than the holdout's original
+    # answers: no term compares them (the SmolLM2 benchmark showed such terms ranking trials
+    # against forget quality), so the distance is the answer-probability term alone.
+    assert t["ks_para"] is None and t["ks_pert"] is None and t["ks_truth_ratio"] is None
+    assert t["distance"] == pytest.approx(0.75)
     assert t["utility"] == pytest.approx(0.5)  # harmonic mean of six 0.5
     assert t["penalty"] == pytest.approx(10 * ((1 - 0.5 / 0.8) - 0.1))
     assert t["objective"] == pytest.approx(t["distance"] + t["penalty"])
