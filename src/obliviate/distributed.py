@@ -60,3 +60,50 @@ def write_json_main(path, obj) -> None:
 
     if is_main_process():
         atomic_write_json(path, obj)
+
+
+# ----------------------------------------------------------------------------- sharded (FSDP) models
+def is_sharded(model) -> bool:
+    """True for a model sharded by FSDP2 (``fully_shard``: DTensor parameters) or wrapped, in
+    whole or in part, by FSDP1 (``FullyShardedDataParallel``)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        return True
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+
+
+def full_state_dict(model) -> "dict | None":
+    """The full (unsharded) state dict of a sharded model, on the CPU of rank 0; ``None`` for
+    a model that is not sharded (save it as it is).
+
+    A COLLECTIVE: every rank must call it, before rank 0 alone writes (a gather run on rank 0
+    only would wait for the others forever). Ranks other than 0 get an empty dict.
+    """
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def state_dict_to_save(model, state: "dict | None" = None) -> "dict | None":
+    """``state`` if given; else the gathered state of a sharded model in a one-process group
+    (no other rank to wait for); else ``None`` (an ordinary model saves its own state).
+
+    Raises:
+        RuntimeError: a sharded model in a multi-process group without ``state``: the caller
+            must gather with :func:`full_state_dict` on every rank first.
+    """
+    if state is not None or not is_sharded(model):
+        return state
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        raise RuntimeError("saving a sharded (FSDP) model: gather its state with obliviate.distributed.full_state_dict(model) "
+                           "on every rank, then save on rank 0 with that state")
+    return full_state_dict(model)
