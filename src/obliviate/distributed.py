@@ -62,6 +62,43 @@ def write_json_main(path, obj) -> None:
         atomic_write_json(path, obj)
 
 
+# ----------------------------------------------------------------------------- device placement
+def accelerator_device(model) -> "torch.device | None":
+    """The device to move a freshly loaded ``model`` to, or ``None`` to leave it where it is.
+
+    ``cuda:{LOCAL_RANK or 0}`` when CUDA is available and this is a single-process run
+    (``WORLD_SIZE`` unset or 1, not launched by accelerate with FSDP or DeepSpeed, which place
+    parameters themselves). ``None`` for a model loaded with a ``device_map``
+    (``hf_device_map``) or quantized (bitsandbytes and the like place their own weights).
+    The HF Trainer moves a model to the GPU when it trains; a model only evaluated (probes,
+    ``obliviate eval``, the tuner's reference objective) would otherwise stay on the CPU.
+    """
+    import torch
+
+    if not torch.cuda.is_available() or world_size() > 1:
+        return None
+    if any(os.environ.get(f"ACCELERATE_USE_{k}", "").lower() in ("1", "true") for k in ("FSDP", "DEEPSPEED")):
+        return None
+    if getattr(model, "hf_device_map", None) is not None:
+        return None
+    config = getattr(model, "config", None)
+    if getattr(config, "quantization_config", None) is not None or getattr(model, "is_loaded_in_8bit", False) \
+            or getattr(model, "is_loaded_in_4bit", False):
+        return None
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+
+
+def place_on_accelerator(model, what: str = "model"):
+    """Move ``model`` to :func:`accelerator_device` (when it names one) and log the device."""
+    import logging
+
+    device = accelerator_device(model)
+    if device is not None:
+        model = model.to(device)
+        logging.getLogger(__name__).info("%s placed on %s", what, device)
+    return model
+
+
 # ----------------------------------------------------------------------------- sharded (FSDP) models
 def is_sharded(model) -> bool:
     """True for a model sharded by FSDP2 (``fully_shard``: DTensor parameters) or wrapped, in

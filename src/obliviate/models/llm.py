@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from obliviate.distributed import state_dict_to_save
+from obliviate.distributed import place_on_accelerator, state_dict_to_save
 from obliviate.errors import ConfigError
 from obliviate.registry import MODELS
 
@@ -266,14 +266,19 @@ def tiny_llama(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
 
 
 def load_causal_lm(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
-    """Build ``(model, tokenizer)`` with the builder named in ``model_cfg["builder"]`` (default ``hf``)."""
+    """Build ``(model, tokenizer)`` with the builder named in ``model_cfg["builder"]`` (default ``hf``).
+
+    In a single-process run on a GPU machine the model goes to the GPU here
+    (:func:`obliviate.distributed.accelerator_device`): a model that is only evaluated never
+    meets the Trainer that would move it, and would run every probe on the CPU.
+    """
     model_cfg = dict(model_cfg)
     builder = model_cfg.get("builder") or "hf"
     if MODELS.meta(builder).get("track") != "llm":
         raise ConfigError(f"model builder '{builder}' is not a causal-LM builder; LLM builders: {', '.join(MODELS.names(track='llm'))}")
     model, tokenizer = MODELS.get(builder)(model_cfg)
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return place_on_accelerator(model, "causal LM"), tokenizer
 
 
 # ----------------------------------------------------------------------------- saving
