@@ -1,4 +1,5 @@
-"""Multi-process helpers: which process writes results.
+"""Multi-process helpers: which process writes results, where a model is placed, how a sharded
+(FSDP) model's full state is gathered for saving.
 
 Under ``accelerate launch`` or ``torchrun`` every process runs the whole job (data, reference
 models, evaluation); the HF Trainer (through accelerate) shards the training batches and
@@ -10,6 +11,10 @@ set before any process group exists, and from accelerate's ``PartialState`` once
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def world_size() -> int:
@@ -63,7 +68,7 @@ def write_json_main(path, obj) -> None:
 
 
 # ----------------------------------------------------------------------------- device placement
-def accelerator_device(model) -> "torch.device | None":
+def accelerator_device(model) -> torch.device | None:
     """The device to move a freshly loaded ``model`` to, or ``None`` to leave it where it is.
 
     ``cuda:{LOCAL_RANK or 0}`` when CUDA is available and this is a single-process run
@@ -114,7 +119,7 @@ def is_sharded(model) -> bool:
     return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
 
 
-def full_state_dict(model) -> "dict | None":
+def full_state_dict(model) -> dict | None:
     """The full (unsharded) state dict of a sharded model, on the CPU of rank 0; ``None`` for
     a model that is not sharded (save it as it is).
 
@@ -128,7 +133,7 @@ def full_state_dict(model) -> "dict | None":
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def state_dict_to_save(model, state: "dict | None" = None) -> "dict | None":
+def state_dict_to_save(model, state: dict | None = None) -> dict | None:
     """``state`` if given; else the gathered state of a sharded model in a one-process group
     (no other rank to wait for); else ``None`` (an ordinary model saves its own state).
 

@@ -24,7 +24,7 @@ try:
 except ImportError:  # older torch
     pytest.skip("torch.distributed.fsdp.fully_shard (FSDP2) is not available", allow_module_level=True)
 
-from obliviate.models.llm import load_causal_lm, save_causal_lm  # noqa: E402
+from obliviate.models.llm import load_causal_lm, save_causal_lm
 
 TINY = {"builder": "tiny-llama", "config_args": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                                                  "num_attention_heads": 4, "num_key_value_heads": 2}}
