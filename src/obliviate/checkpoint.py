@@ -12,11 +12,19 @@ from obliviate.errors import ConfigError
 from obliviate.io import atomic_write_bytes
 
 
-def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Save ``model.state_dict()`` as safetensors, atomically."""
+def save_model(model: nn.Module, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save ``model.state_dict()`` as safetensors, atomically.
+
+    A model sharded by FSDP needs ``state_dict``: its full state, gathered on every rank with
+    :func:`obliviate.distributed.full_state_dict` (a collective) before rank 0 saves; in a
+    one-process group it is gathered here.
+    """
     from safetensors.torch import save
 
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    from obliviate.distributed import state_dict_to_save
+
+    state = state_dict_to_save(model, state_dict)
+    state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     return atomic_write_bytes(path, save(state))
 
 

@@ -1,4 +1,5 @@
-"""Multi-process helpers: which process writes results.
+"""Multi-process helpers: which process writes results, where a model is placed, how a sharded
+(FSDP) model's full state is gathered for saving.
 
 Under ``accelerate launch`` or ``torchrun`` every process runs the whole job (data, reference
 models, evaluation); the HF Trainer (through accelerate) shards the training batches and
@@ -10,6 +11,10 @@ set before any process group exists, and from accelerate's ``PartialState`` once
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def world_size() -> int:
@@ -60,3 +65,87 @@ def write_json_main(path, obj) -> None:
 
     if is_main_process():
         atomic_write_json(path, obj)
+
+
+# ----------------------------------------------------------------------------- device placement
+def accelerator_device(model) -> torch.device | None:
+    """The device to move a freshly loaded ``model`` to, or ``None`` to leave it where it is.
+
+    ``cuda:{LOCAL_RANK or 0}`` when CUDA is available and this is a single-process run
+    (``WORLD_SIZE`` unset or 1, not launched by accelerate with FSDP or DeepSpeed, which place
+    parameters themselves). ``None`` for a model loaded with a ``device_map``
+    (``hf_device_map``) or quantized (bitsandbytes and the like place their own weights).
+    The HF Trainer moves a model to the GPU when it trains; a model only evaluated (probes,
+    ``obliviate eval``, the tuner's reference objective) would otherwise stay on the CPU.
+    """
+    import torch
+
+    if not torch.cuda.is_available() or world_size() > 1:
+        return None
+    if any(os.environ.get(f"ACCELERATE_USE_{k}", "").lower() in ("1", "true") for k in ("FSDP", "DEEPSPEED")):
+        return None
+    if getattr(model, "hf_device_map", None) is not None:
+        return None
+    config = getattr(model, "config", None)
+    if getattr(config, "quantization_config", None) is not None or getattr(model, "is_loaded_in_8bit", False) \
+            or getattr(model, "is_loaded_in_4bit", False):
+        return None
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+
+
+def place_on_accelerator(model, what: str = "model"):
+    """Move ``model`` to :func:`accelerator_device` (when it names one) and log the device."""
+    import logging
+
+    device = accelerator_device(model)
+    if device is not None:
+        model = model.to(device)
+        logging.getLogger(__name__).info("%s placed on %s", what, device)
+    return model
+
+
+# ----------------------------------------------------------------------------- sharded (FSDP) models
+def is_sharded(model) -> bool:
+    """True for a model sharded by FSDP2 (``fully_shard``: DTensor parameters) or wrapped, in
+    whole or in part, by FSDP1 (``FullyShardedDataParallel``)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        return True
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+
+
+def full_state_dict(model) -> dict | None:
+    """The full (unsharded) state dict of a sharded model, on the CPU of rank 0; ``None`` for
+    a model that is not sharded (save it as it is).
+
+    A COLLECTIVE: every rank must call it, before rank 0 alone writes (a gather run on rank 0
+    only would wait for the others forever). Ranks other than 0 get an empty dict.
+    """
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def state_dict_to_save(model, state: dict | None = None) -> dict | None:
+    """``state`` if given; else the gathered state of a sharded model in a one-process group
+    (no other rank to wait for); else ``None`` (an ordinary model saves its own state).
+
+    Raises:
+        RuntimeError: a sharded model in a multi-process group without ``state``: the caller
+            must gather with :func:`full_state_dict` on every rank first.
+    """
+    if state is not None or not is_sharded(model):
+        return state
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        raise RuntimeError("saving a sharded (FSDP) model: gather its state with obliviate.distributed.full_state_dict(model) "
+                           "on every rank, then save on rank 0 with that state")
+    return full_state_dict(model)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from obliviate.distributed import place_on_accelerator, state_dict_to_save
 from obliviate.errors import ConfigError
 from obliviate.registry import MODELS
 
@@ -265,14 +266,19 @@ def tiny_llama(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
 
 
 def load_causal_lm(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
-    """Build ``(model, tokenizer)`` with the builder named in ``model_cfg["builder"]`` (default ``hf``)."""
+    """Build ``(model, tokenizer)`` with the builder named in ``model_cfg["builder"]`` (default ``hf``).
+
+    In a single-process run on a GPU machine the model goes to the GPU here
+    (:func:`obliviate.distributed.accelerator_device`): a model that is only evaluated never
+    meets the Trainer that would move it, and would run every probe on the CPU.
+    """
     model_cfg = dict(model_cfg)
     builder = model_cfg.get("builder") or "hf"
     if MODELS.meta(builder).get("track") != "llm":
         raise ConfigError(f"model builder '{builder}' is not a causal-LM builder; LLM builders: {', '.join(MODELS.names(track='llm'))}")
     model, tokenizer = MODELS.get(builder)(model_cfg)
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return place_on_accelerator(model, "causal LM"), tokenizer
 
 
 # ----------------------------------------------------------------------------- saving
@@ -282,21 +288,43 @@ def _is_gguf(model: nn.Module) -> bool:
     return "gguf" in str(method).lower()
 
 
-def _plain_copy(model: nn.Module) -> nn.Module:
-    """Rebuild a GGUF-loaded model from its config (without the quantization marker) and its weights."""
+def _from_config(model: nn.Module) -> nn.Module:
+    """A new, unsharded CPU model of ``model``'s config (without a quantization marker)."""
     from transformers import AutoModelForCausalLM
 
     config = model.config.__class__.from_dict({k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
     attn = getattr(model.config, "_attn_implementation", None)
-    fresh = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype, **({"attn_implementation": attn} if attn else {}))
-    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+    return AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype, **({"attn_implementation": attn} if attn else {}))
+
+
+def _plain_copy(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Rebuild a GGUF-loaded model from its config (without the quantization marker) and its
+    weights (``state``, the gathered state of a sharded model, else ``model.state_dict()``)."""
+    fresh = _from_config(model)
+    missing, unexpected = fresh.load_state_dict(model.state_dict() if state is None else state, strict=False)
     if unexpected or [k for k in missing if "rotary" not in k]:
         raise ConfigError(f"could not rebuild the GGUF model for saving: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return fresh
 
 
+def _unsharded_peft(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """An unsharded CPU copy of a sharded ``PeftModel``: a fresh base with the same adapters,
+    loaded with the gathered ``state`` (merging and unloading need whole tensors)."""
+    from peft import get_peft_model
+
+    name = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapters[0]
+    twin = get_peft_model(_from_config(model.get_base_model()), copy.deepcopy(model.peft_config[name]), adapter_name=name)
+    for other, pc in model.peft_config.items():
+        if other != name:
+            twin.add_adapter(other, copy.deepcopy(pc))
+    missing, unexpected = twin.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "rotary" not in k]:
+        raise RuntimeError(f"could not rebuild the sharded adapter model for saving: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return twin
+
+
 def save_causal_lm(model: nn.Module, tokenizer: Any, out_dir: str | Path, *, merge_lora: bool = False,
-                   base_dir: str | Path | None = None) -> Path:
+                   base_dir: str | Path | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save ``model`` (safetensors) and ``tokenizer`` with ``save_pretrained``.
 
     A PEFT model saves its adapters only (or the merged model with ``merge_lora``); a model
@@ -310,12 +338,19 @@ def save_causal_lm(model: nn.Module, tokenizer: Any, out_dir: str | Path, *, mer
             further) and save a plain model.
         base_dir: For adapters whose base has no loadable path (a random tiny model): the base
             is saved there and the adapter config points to it.
+        state_dict: The full state of a model sharded by FSDP, gathered on every rank with
+            :func:`obliviate.distributed.full_state_dict` (a collective) before rank 0 calls
+            this; gathered here when the process group has one process. The sharded
+            parameters themselves cannot be written (safetensors refuses DTensors).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     from peft import PeftModel
 
+    state_dict = state_dict_to_save(model, state_dict)  # before any file: a refusal leaves nothing behind
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     is_peft = isinstance(model, PeftModel)
+    if is_peft and state_dict is not None:  # sharded adapters: merge, unload and save an unsharded copy
+        model, state_dict = _unsharded_peft(model, state_dict), None
     if is_peft and merge_lora:
         model, is_peft = model.merge_and_unload(), False  # in place: no second copy of a large model
     if is_peft:
@@ -326,9 +361,10 @@ def save_causal_lm(model: nn.Module, tokenizer: Any, out_dir: str | Path, *, mer
             for pc in model.peft_config.values():
                 pc.base_model_name_or_path = str(Path(base_dir).resolve())
         model.save_pretrained(str(out_dir))
+    elif _is_gguf(model):
+        _plain_copy(model, state_dict).save_pretrained(str(out_dir))
     else:
-        to_save = _plain_copy(model) if _is_gguf(model) else model
-        to_save.save_pretrained(str(out_dir))
+        model.save_pretrained(str(out_dir), **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
 

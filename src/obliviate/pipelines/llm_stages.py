@@ -78,22 +78,27 @@ def save_model_dir(model: nn.Module, tokenizer: Any, out_dir: Path, cfg: DictCon
     With LoRA the adapters always go to ``<out_dir>_adapter`` (a loadable adapter dir: loading
     it applies and merges them); ``lora.merge`` also saves the merged model to ``out_dir``
     (the model is merged in place, so this is its last use).
+
+    A model sharded by FSDP (trained under ``accelerate launch --config_file
+    accelerate/fsdp.yaml``) has its full state gathered on every rank first (a collective),
+    then rank 0 writes that state.
     """
     from peft import PeftModel
 
-    from obliviate.distributed import is_main_process
+    from obliviate.distributed import full_state_dict, is_main_process
 
+    state = full_state_dict(model)  # every rank, before rank 0 alone goes on: None unless sharded
     if not is_main_process():  # rank 0 saves; the others only need the path
         lora = isinstance(model, PeftModel) and not (cfg.get("lora") or {}).get("merge", False)
         return str(out_dir.parent / f"{out_dir.name}_adapter") if lora else str(out_dir)
     if not isinstance(model, PeftModel):
-        save_causal_lm(model, tokenizer, out_dir)
+        save_causal_lm(model, tokenizer, out_dir, state_dict=state)
         return str(out_dir)
     adapter_dir = out_dir.parent / f"{out_dir.name}_adapter"
-    save_causal_lm(model, tokenizer, adapter_dir, base_dir=out_dir.parent / f"{out_dir.name}_base")
+    save_causal_lm(model, tokenizer, adapter_dir, base_dir=out_dir.parent / f"{out_dir.name}_base", state_dict=state)
     if not (cfg.get("lora") or {}).get("merge", False):
         return str(adapter_dir)
-    save_causal_lm(model, tokenizer, out_dir, merge_lora=True)
+    save_causal_lm(model, tokenizer, out_dir, merge_lora=True, state_dict=state)
     return str(out_dir)
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from obliviate.checkpoint import load_model, save_model
 from obliviate.data import ForgetRetainDataset, PairCollator, stack_collate
 from obliviate.data.vision import TensorImageDataset, VisionData
-from obliviate.distributed import is_main_process
+from obliviate.distributed import full_state_dict, is_main_process
 from obliviate.engine import SupervisedTrainer, build_trainer
 from obliviate.engine.progress import progress_label
 from obliviate.engine.guard import DivergenceGuard, make_guard_config
@@ -160,8 +160,9 @@ def obtain_reference_models(cfg: DictConfig, data: VisionData, split: Split, run
             log.info("training the %s model on %d samples", stage, len(ds))
             with progress_label(f"train {stage}"):
                 seconds = train_classifier(model, ds, cfg.train.args, run_dir / stage, seed, data.num_classes, resume=bool(cfg.get("resume")))
+            state = full_state_dict(model)  # FSDP: gathered on every rank (a collective); None otherwise
             if is_main_process():  # under accelerate/torchrun only rank 0 writes (obliviate.distributed)
-                save_model(model, run_dir / stage / "model.safetensors")
+                save_model(model, run_dir / stage / "model.safetensors", state)
                 atomic_write_json(run_dir / stage / "train_info.json", {"seconds": seconds, "samples": len(ds)})
         out[stage], out[f"{stage}_time_s"] = model, seconds
     return out
@@ -210,8 +211,9 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, *, data: VisionData | None = 
                                       resume=bool(cfg.get("resume")), guard=guard, info=info)
     model = finalize_model(model, transforms, run_dir)  # merge LoRA, re-check the mask, measure sparsity
     evals["unlearned"] = evaluate(model, split, data.test, data.num_classes, seed)
+    state = full_state_dict(model) if save_checkpoint else None  # FSDP: every rank gathers (a collective)
     if save_checkpoint and is_main_process():
-        save_model(model, run_dir / "unlearned" / "model.safetensors")
+        save_model(model, run_dir / "unlearned" / "model.safetensors", state)
     retrain_m = evals["retrain"][0]
     result: dict[str, Any] = {
         "track": "vision",

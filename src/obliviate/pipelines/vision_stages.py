@@ -21,6 +21,7 @@ from transformers import set_seed
 from obliviate.data import DATASETS, select_forget, stack_collate
 from obliviate.data.selection import class_indices
 from obliviate.data.vision import TensorImageDataset, VisionData
+from obliviate.distributed import place_on_accelerator
 from obliviate.models import build_vision_model
 
 __all__ = ["Split", "build_model", "load_data", "predict", "split_forget"]
@@ -54,12 +55,18 @@ def split_forget(data: VisionData, selection: dict[str, Any], seed: int) -> Spli
 
 
 def build_model(cfg: DictConfig, data: VisionData, seed: int) -> nn.Module:
-    """Build the configured model with a seeded initialisation."""
+    """Build the configured model with a seeded initialisation.
+
+    In a single-process run on a GPU machine it goes to the GPU
+    (:func:`obliviate.distributed.accelerator_device`), so a model loaded from a checkpoint
+    and only evaluated runs there too (the Trainer moves a model it trains).
+    """
     set_seed(seed)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     builder = model_cfg.pop("builder")
     model_cfg.pop("track", None)
-    return build_vision_model(builder, num_classes=data.num_classes, in_chans=data.in_chans, **model_cfg)
+    model = build_vision_model(builder, num_classes=data.num_classes, in_chans=data.in_chans, **model_cfg)
+    return place_on_accelerator(model, f"vision model {builder}")
 
 
 @torch.no_grad()
