@@ -86,8 +86,10 @@ def accelerator_device(model) -> torch.device | None:
         return None
     if getattr(model, "hf_device_map", None) is not None:
         return None
-    config = getattr(model, "config", None)
-    if getattr(config, "quantization_config", None) is not None or getattr(model, "is_loaded_in_8bit", False) \
+    qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    # A GGUF checkpoint is dequantised to plain tensors on load (SmolLM2): it moves like any model.
+    if (qc is not None and "gguf" not in str(method).lower()) or getattr(model, "is_loaded_in_8bit", False) \
             or getattr(model, "is_loaded_in_4bit", False):
         return None
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))

@@ -64,6 +64,14 @@ def test_device_mapped_and_quantized_models_stay_where_they_are(cuda):
     assert accelerator_device(eight_bit) is None
 
 
+def test_a_gguf_loaded_model_moves_like_any_model(cuda):
+    """transformers dequantises a GGUF file into plain tensors but keeps a gguf quantization_config
+    (SmolLM2-135M-Instruct): that model must still go to the GPU."""
+    gguf = nn.Linear(2, 2)
+    gguf.config = type("C", (), {"quantization_config": {"quant_method": "gguf"}})()
+    assert accelerator_device(gguf) == torch.device("cuda", 0)
+
+
 def test_load_causal_lm_moves_the_model_to_the_decided_device(monkeypatch, caplog):
     from obliviate.models.llm import load_causal_lm
 
