@@ -27,6 +27,10 @@ Usage::
 
 A search whose run dir already holds tune.json is skipped (rerun = resume; a cut search
 continues its study). Extra ``key=value`` arguments are passed to every ``obliviate tune``.
+``--methods ""`` runs the llm track's train step only; two processes with one method each
+then share it (docs/benchmarks/tune.md ran NPO and SimNPO so, side by side on one GPU with
+``--workers 3``). ``bench/tune_llm_terms.py`` scores the train step's target and retain
+models with the objective (the gold-standard check of its terms).
 """
 
 from __future__ import annotations
