@@ -86,13 +86,22 @@ def accelerator_device(model) -> torch.device | None:
         return None
     if getattr(model, "hf_device_map", None) is not None:
         return None
-    qc = getattr(getattr(model, "config", None), "quantization_config", None)
-    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    method = quant_method(model)
     # A GGUF checkpoint is dequantised to plain tensors on load (SmolLM2): it moves like any model.
-    if (qc is not None and "gguf" not in str(method).lower()) or getattr(model, "is_loaded_in_8bit", False) \
+    if (method is not None and method != "gguf") or getattr(model, "is_loaded_in_8bit", False) \
             or getattr(model, "is_loaded_in_4bit", False):
         return None
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+
+
+def quant_method(model) -> str | None:
+    """The lower-cased ``quant_method`` of a Hugging Face model's ``quantization_config``
+    (``"gguf"``, ``"bitsandbytes"``, ...), ``"unknown"`` when it has none, ``None`` without one."""
+    qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    if qc is None:
+        return None
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    return str(getattr(method, "value", method) or "unknown").lower()
 
 
 def place_on_accelerator(model, what: str = "model"):

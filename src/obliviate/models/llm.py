@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from obliviate.distributed import place_on_accelerator, state_dict_to_save
+from obliviate.distributed import place_on_accelerator, quant_method, state_dict_to_save
 from obliviate.errors import ConfigError
 from obliviate.registry import MODELS
 
@@ -283,9 +283,7 @@ def load_causal_lm(model_cfg: dict[str, Any]) -> tuple[nn.Module, Any]:
 
 # ----------------------------------------------------------------------------- saving
 def _is_gguf(model: nn.Module) -> bool:
-    qc = getattr(getattr(model, "config", None), "quantization_config", None)
-    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
-    return "gguf" in str(method).lower()
+    return quant_method(model) == "gguf"
 
 
 def _from_config(model: nn.Module) -> nn.Module:
@@ -300,10 +298,14 @@ def _from_config(model: nn.Module) -> nn.Module:
 def _plain_copy(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Rebuild a GGUF-loaded model from its config (without the quantization marker) and its
     weights (``state``, the gathered state of a sharded model, else ``model.state_dict()``)."""
-    fresh = _from_config(model)
-    missing, unexpected = fresh.load_state_dict(model.state_dict() if state is None else state, strict=False)
+    return _load_rebuilt(_from_config(model), model.state_dict() if state is None else state, "the GGUF model")
+
+
+def _load_rebuilt(fresh: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """Load ``state`` into a model rebuilt for saving; any key but rotary buffers must match."""
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "rotary" not in k]:
-        raise ConfigError(f"could not rebuild the GGUF model for saving: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ConfigError(f"could not rebuild {what} for saving: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return fresh
 
 
@@ -317,10 +319,7 @@ def _unsharded_peft(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
     for other, pc in model.peft_config.items():
         if other != name:
             twin.add_adapter(other, copy.deepcopy(pc))
-    missing, unexpected = twin.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if "rotary" not in k]:
-        raise RuntimeError(f"could not rebuild the sharded adapter model for saving: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return twin
+    return _load_rebuilt(twin, state, "the sharded adapter model")
 
 
 def save_causal_lm(model: nn.Module, tokenizer: Any, out_dir: str | Path, *, merge_lora: bool = False,
