@@ -59,8 +59,9 @@ def load_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     from obliviate.pruning.physical_cnn import read_shapes, shrink_to
 
     shapes = read_shapes(path)
-    if shapes:
-        shrink_to(model, shapes)
+    if shapes:  # shrunk on the CPU (its index tensors live there), then back where the model was placed
+        device = next(model.parameters()).device
+        shrink_to(model.cpu(), shapes).to(device)
     state = load_state(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
