@@ -25,6 +25,18 @@ def shared_data() -> Path:
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test, restored afterwards (for tests that may change it
+    or run after one that did): tiny matrices are faster, and fair on a shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_configure(config):
     """One torch thread: tiny test models run faster without thread hand-offs."""
     import torch

@@ -89,9 +89,5 @@ def trained_net(data_manager):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: much faster on a shared, oversubscribed CPU; restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every API test runs with one torch thread (tests/conftest.py)."""

@@ -9,13 +9,7 @@ from torch import nn
 from obliviate.errors import ConfigError
 from obliviate.models.lora import apply_lora, discover_targets
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _timm(name):
