@@ -87,7 +87,9 @@ def accelerator_device(model) -> torch.device | None:
     if getattr(model, "hf_device_map", None) is not None:
         return None
     method = quant_method(model)
-    # A GGUF checkpoint is dequantised to plain tensors on load (SmolLM2): it moves like any model.
+    # A GGUF checkpoint is dequantised to plain tensors on load (SmolLM2); where a transformers
+    # release keeps its gguf quantization_config (models/llm.py's save path handles that too),
+    # the model still moves like any model.
     if (method is not None and method != "gguf") or getattr(model, "is_loaded_in_8bit", False) \
             or getattr(model, "is_loaded_in_4bit", False):
         return None

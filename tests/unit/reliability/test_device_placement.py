@@ -65,8 +65,8 @@ def test_device_mapped_and_quantized_models_stay_where_they_are(cuda):
 
 
 def test_a_gguf_loaded_model_moves_like_any_model(cuda):
-    """transformers dequantises a GGUF file into plain tensors but keeps a gguf quantization_config
-    (SmolLM2-135M-Instruct): that model must still go to the GPU."""
+    """transformers dequantises a GGUF file (SmolLM2-135M-Instruct) into plain tensors; a model whose
+    config still carries a gguf quantization_config must go to the GPU like any model."""
     gguf = nn.Linear(2, 2)
     gguf.config = type("C", (), {"quantization_config": {"quant_method": "gguf"}})()
     assert accelerator_device(gguf) == torch.device("cuda", 0)
