@@ -13,6 +13,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 PIP_FLAGS=(--progress-bar on)
 [ "${QUIET:-0}" = "1" ] && PIP_FLAGS=(-q)
 step() { printf '\n==> [%s/5] %s\n' "$1" "$2"; }
+# PyTorch's CUDA build makes the environment ~6.6 GiB: refuse to start a set-up that would stop
+# half-way with "No space left on device" (OBLIVIATE_MIN_FREE_GIB=0 skips the check).
+NEED_GIB=${OBLIVIATE_MIN_FREE_GIB:-7}
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
+  FREE_KIB=$(df -Pk . | awk 'NR==2 {print $4}')
+  if [ -n "$FREE_KIB" ] && [ "$FREE_KIB" -lt $(( NEED_GIB * 1024 * 1024 )) ]; then
+    echo "obliviate set-up: only $(( FREE_KIB / 1024 / 1024 )) GiB free on $(df -P . | awk 'NR==2 {print $6}'), the environment needs about $NEED_GIB GiB (PyTorch's CUDA build): free disk space and run it again (OBLIVIATE_MIN_FREE_GIB=0 skips this check)" >&2
+    exit 2
+  fi
+fi
 start=$(date +%s)
 echo "obliviate set-up: creating .venv (PyTorch 2.14.1 + torchvision 0.29.1, obliviate with extras llm,report,dev)"
 step 1 "virtual environment .venv ($("$PY" --version 2>&1))"

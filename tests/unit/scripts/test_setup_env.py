@@ -58,3 +58,11 @@ def test_quiet_mode(sandbox):
     assert _run(sandbox, QUIET="1").returncode == 0
     pip_calls = [line for line in (sandbox / "log").read_text().splitlines() if " -m pip install" in line]
     assert all(" -q " in c for c in pip_calls)
+
+
+def test_too_little_disk_is_refused_before_anything_is_installed(sandbox):
+    proc = _run(sandbox, OBLIVIATE_MIN_FREE_GIB="100000000")  # more than any disk has
+    assert proc.returncode == 2
+    assert "GiB free" in proc.stderr and "free disk space" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (sandbox / "log").exists() and not (sandbox / ".venv").exists()  # nothing ran, nothing half-made
+    assert _run(sandbox, OBLIVIATE_MIN_FREE_GIB="0").returncode == 0  # the check can be switched off
